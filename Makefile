@@ -1,0 +1,61 @@
+# minimoe - the two commands a reader needs are `make demo` and `make test`; both set everything up first.
+#
+#   make test              create/reuse .venv, install torch if missing, build + install minimoe, run the tests
+#   make demo              same setup, then run minimoe on its built-in default model
+#   make test TORCH=2.14.1 pick the torch version (default: whatever pip resolves for "torch")
+#   make build             rebuild the native extension in place after editing csrc/ (incremental, ninja)
+#   make bench             run the benchmark scripts (tables + JSON under benchmarks/results/)
+#   make docs              build the documentation site (mkdocs --strict)
+#   make clean             remove build products (keeps .venv)
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?=
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+TORCH_SPEC := $(if $(TORCH),torch==$(TORCH),torch)
+PYTEST_ARGS ?=
+
+INSTALLED := $(VENV)/.minimoe-installed
+NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
+EXTENSION := $(VENV)/.minimoe-extension
+
+.PHONY: setup build test demo bench docs clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first (setup.py imports it to build the extension), then minimoe in editable mode with the test
+# dependencies. --no-build-isolation: an isolated build environment would not see the installed torch.
+$(INSTALLED): $(PY) setup.py
+	@$(PY) -c "import sys, torch; want = '$(TORCH)'; sys.exit(0 if not want or torch.__version__.split('+')[0] == want else 1)" 2>/dev/null \
+		|| $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -q setuptools wheel ninja pybind11 numpy
+	$(PIP) install -q --no-build-isolation -e ".[dev]"
+	@touch $(INSTALLED) $(EXTENSION)
+
+# Rebuild the extension in place when a native source changed since the last build.
+$(EXTENSION): $(INSTALLED) $(NATIVE_SOURCES)
+	$(PY) setup.py -q build_ext --inplace
+	@touch $(EXTENSION)
+
+setup: $(EXTENSION)
+
+build: setup
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m minimoe demo
+
+bench: setup
+	$(PY) benchmarks/kernel_cpu.py
+	$(PY) benchmarks/tokenizer_speed.py
+
+docs: setup
+	$(PIP) install -q mkdocs-material
+	$(VENV)/bin/mkdocs build --strict
+
+clean:
+	rm -rf build dist *.egg-info minimoe/_C*.so site $(EXTENSION)

@@ -1,0 +1,62 @@
+// ops.cpp - the front door of minimoe's native extension.
+//
+// 1. Declares the op schemas in the torch dispatcher under the namespace `minimoe`. A schema is only a
+//    signature; the kernels register themselves per device in their own files:
+//       csrc/cpu/*.cpp   TORCH_LIBRARY_IMPL(minimoe, CPU, m)
+//       csrc/cuda/*.cu   TORCH_LIBRARY_IMPL(minimoe, CUDA, m)
+//    so `torch.ops.minimoe.awq_gemm(x, ...)` runs the CPU or the CUDA kernel depending on x.device.
+//    Shape-only ("fake") implementations, which torch.compile uses to trace without running kernels,
+//    are registered from Python in minimoe/ops.py (torch.library.register_fake).
+// 2. Exposes `build_info()` to Python: what this binary was compiled with, and which kernels exist.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#ifndef MINIMOE_CUDA_ARCHS
+#define MINIMOE_CUDA_ARCHS ""
+#endif
+
+TORCH_LIBRARY(minimoe, m) {
+  // Unpack AWQ-packed int32 words [R, N/8] into codes [R, N] (uint8, natural channel order). Small, but it
+  // runs the shared nibble helpers of dequant.h on both devices, so it proves the CPU and CUDA builds dispatch.
+  m.def("awq_unpack(Tensor packed) -> Tensor");
+  // y[M, N] = x[M, K] @ dequantize(qweight, qzeros, scales)   (x in fp32/fp16/bf16, fp32 accumulation)
+  m.def("awq_gemm(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, int group_size) -> Tensor");
+}
+
+namespace {
+
+// Which devices have a kernel for `minimoe::<name>` in this binary. Asked of the dispatcher itself, so it
+// cannot disagree with what a call would do.
+std::vector<std::string> devices_with_kernel(const std::string& name) {
+  std::vector<std::string> devices;
+  auto handle = c10::Dispatcher::singleton().findSchema({"minimoe::" + name, ""});
+  if (!handle) return devices;
+  if (handle->hasKernelForDispatchKey(c10::DispatchKey::CPU)) devices.push_back("cpu");
+  if (handle->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) devices.push_back("cuda");
+  return devices;
+}
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+#ifdef MINIMOE_WITH_CUDA
+  info["cuda_compiled"] = true;
+#else
+  info["cuda_compiled"] = false;
+#endif
+  info["cuda_archs"] = std::string(MINIMOE_CUDA_ARCHS);
+  info["compiled_with_torch"] = std::string(TORCH_VERSION);
+  pybind11::dict kernels;
+  for (const char* op : {"awq_unpack", "awq_gemm"}) kernels[op] = devices_with_kernel(op);
+  info["kernels"] = kernels;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "minimoe native kernels (ops are reached through torch.ops.minimoe.*)";
+  m.def("build_info", &build_info, "What this extension was compiled with and which kernels it registered.");
+}

@@ -1,0 +1,116 @@
+"""The one door to minimoe's native extension (`minimoe._C`).
+
+Everything that may run a compiled kernel goes through this module, and everything here still works
+without the extension: each op falls back to the pure-PyTorch spec in `minimoe.awq`.
+
+    awq_gemm(x, qweight, qzeros, scales, group_size)   y = x @ W  for an AWQ int4 weight (the hot op)
+    awq_unpack(packed)                                  packed int32 words -> uint8 codes
+    backend(device)                                     "cuda" | "cpu" | "reference": who runs awq_gemm there
+    build_info()                                        how the extension was built, or why it did not load
+
+The kernels are registered with the torch dispatcher (`torch.ops.minimoe.*`), so one op name reaches the
+CPU or the CUDA kernel depending on the tensors' device; shape-only "fake" implementations are registered
+below so that the ops also trace under torch.compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from minimoe import awq
+
+try:  # The extension is optional: a failed build must never make the package unusable.
+    from minimoe import _C  # noqa: F401  (importing it registers torch.ops.minimoe.*)
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as error:
+    _C = None
+    _IMPORT_ERROR = f"{type(error).__name__}: {error}"
+    warnings.warn(
+        f"minimoe: native extension not loaded ({_IMPORT_ERROR}); using the pure-PyTorch reference kernels.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+_KERNELS: dict[str, list[str]] = dict(_C.build_info()["kernels"]) if _C is not None else {}
+_force_reference = False
+
+
+@contextlib.contextmanager
+def reference_only():
+    """Within this block every op runs its pure-PyTorch reference, even where a kernel exists."""
+    global _force_reference
+    previous, _force_reference = _force_reference, True
+    try:
+        yield
+    finally:
+        _force_reference = previous
+
+
+def _has_kernel(op: str, device_type: str) -> bool:
+    return not _force_reference and device_type in _KERNELS.get(op, ())
+
+
+def backend(device: str | torch.device = "cpu") -> str:
+    """Name what runs `awq_gemm` on `device`: "cuda" or "cpu" (a compiled kernel) or "reference" (PyTorch)."""
+    device_type = torch.device(device).type
+    return device_type if _has_kernel("awq_gemm", device_type) else "reference"
+
+
+def build_info() -> dict:
+    """How the native extension was built, or why it is not there. Safe to call without the extension."""
+    info = {
+        "extension_loaded": _C is not None,
+        "import_error": _IMPORT_ERROR,
+        "cuda_compiled": False,
+        "cuda_archs": [],
+        "kernels": {},
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if _C is not None:
+        native = _C.build_info()
+        info["cuda_compiled"] = bool(native["cuda_compiled"])
+        info["cuda_archs"] = [a for a in str(native["cuda_archs"]).replace(",", ";").split(";") if a]
+        info["kernels"] = {name: list(devices) for name, devices in native["kernels"].items()}
+        info["compiled_with_torch"] = native["compiled_with_torch"]
+    info["backend"] = {"cpu": backend("cpu"), "cuda": backend("cuda")}
+    return info
+
+
+def awq_unpack(packed: torch.Tensor) -> torch.Tensor:
+    """Packed AWQ int32 words [R, N/8] -> codes uint8 [R, N] in natural channel order."""
+    if _has_kernel("awq_unpack", packed.device.type):
+        return torch.ops.minimoe.awq_unpack(packed)
+    return awq.unpack(packed)
+
+
+def awq_gemm(
+    x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """y = x @ dequantize(qweight, qzeros, scales): x [..., K] -> y [..., N] in x's dtype.
+
+    Runs the compiled kernel for x's device when there is one (see `backend`), else the reference.
+    """
+    if not _has_kernel("awq_gemm", x.device.type):
+        return awq.awq_linear_reference(x, qweight, qzeros, scales, group_size)
+    if x.dim() == 0:
+        raise ValueError(f"awq_gemm: x must have a last dimension of size K, found a 0-d tensor")
+    lead = x.shape[:-1]
+    y = torch.ops.minimoe.awq_gemm(x.reshape(-1, x.shape[-1]), qweight, qzeros, scales, int(group_size))
+    return y.reshape(*lead, y.shape[-1])
+
+
+if _C is not None:
+    # Fake (meta) implementations: output shape and dtype only, for torch.compile and FakeTensor tracing.
+    @torch.library.register_fake("minimoe::awq_unpack")
+    def _awq_unpack_fake(packed):
+        return packed.new_empty((packed.shape[0], packed.shape[1] * 8), dtype=torch.uint8)
+
+    @torch.library.register_fake("minimoe::awq_gemm")
+    def _awq_gemm_fake(x, qweight, qzeros, scales, group_size):
+        return x.new_empty((x.shape[0], scales.shape[1]))
