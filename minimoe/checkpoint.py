@@ -1,0 +1,368 @@
+"""Open a Hugging Face checkpoint directory: config, safetensors shards, AWQ or plain tensors, validation.
+
+A checkpoint directory (e.g. Confinus-2x7B-AWQ) holds
+    config.json [+ quant_config.json]               -> minimoe.config.ModelConfig
+    model.safetensors                               one file, or
+    model-0000X-of-0000N.safetensors + model.safetensors.index.json   (index: tensor name -> shard file)
+
+A safetensors file is: 8 bytes little-endian header length n | n bytes of JSON header | raw tensor bytes.
+The header maps each name to {dtype, shape, data_offsets: [begin, end]} (offsets into the data section).
+We read and check every header ourselves first (it's tiny), so that a truncated, empty or corrupt file gets
+one clear sentence naming the file, and then let the safetensors library memory-map the data: a tensor's
+bytes are read from disk only when the model touches them, and never copied twice (int4 weights stay int32
+packed, no fp16 copy of them exists at any point).
+
+This module knows names and shapes (from the config), nothing about nn.Modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import struct
+import warnings
+from typing import Iterator
+
+import torch
+
+from minimoe.config import ModelConfig, load_config
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit; a bigger length field is corrupt
+
+# safetensors dtype strings -> (torch dtype, bytes per element)
+SAFETENSORS_DTYPES = {
+    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+    "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
+}
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or directory is missing, corrupt, or does not match its config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    file: str               # path of the safetensors file that holds it
+    dtype: str              # safetensors dtype string, e.g. "F16", "I32"
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+def read_safetensors_header(path: str) -> dict[str, TensorInfo]:
+    """Parse and check one safetensors header without reading any tensor data."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: {size} bytes is too short to be a safetensors file "
+                                      "(it must start with an 8-byte header length)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len == 0 or header_len > MAX_HEADER_BYTES or header_len > size - 8:
+                raise CheckpointError(
+                    f"{path}: header length field says {header_len} bytes but the file has {size - 8} bytes after "
+                    "it (limit 100 MiB): the file is truncated or not a safetensors file")
+            raw = f.read(header_len)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({error}); "
+                              "the file is corrupt or not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header must be a JSON object, found {type(header).__name__}")
+
+    data_size = size - 8 - header_len
+    tensors: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{path}: tensor {name!r}"
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+            raise CheckpointError(f"{where}: header entry must have dtype, shape and data_offsets, found {entry!r}")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{where}: unsupported dtype {dtype!r}; expected one of {sorted(SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise CheckpointError(f"{where}: shape must be a list of non-negative integers, found {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+            raise CheckpointError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, found {offsets!r}")
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype][1]
+        if offsets[1] - offsets[0] != nbytes:
+            raise CheckpointError(f"{where}: {dtype}{shape} needs {nbytes} bytes but data_offsets {offsets} span "
+                                  f"{offsets[1] - offsets[0]}: the header is corrupt")
+        if offsets[1] > data_size:
+            raise CheckpointError(f"{where}: needs bytes up to {offsets[1]} of the data section, but the file holds "
+                                  f"only {data_size}: the file is truncated")
+        tensors[name] = TensorInfo(path, dtype, tuple(shape), nbytes)
+    return tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """What the config says a tensor must look like."""
+
+    shape: tuple[int, ...]
+    dtypes: tuple[str, ...]
+
+
+def linear_names(config: ModelConfig) -> dict[str, tuple[int, int]]:
+    """Every linear layer's checkpoint prefix -> (out_features N, in_features K), in model order."""
+    c = config
+    q_out, kv_out = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    linears: dict[str, tuple[int, int]] = {}
+    for i in range(c.num_hidden_layers):
+        layer = f"model.layers.{i}"
+        linears[f"{layer}.self_attn.q_proj"] = (q_out, c.hidden_size)
+        linears[f"{layer}.self_attn.k_proj"] = (kv_out, c.hidden_size)
+        linears[f"{layer}.self_attn.v_proj"] = (kv_out, c.hidden_size)
+        linears[f"{layer}.self_attn.o_proj"] = (c.hidden_size, q_out)
+        if c.is_moe:
+            for e in range(c.num_local_experts):
+                expert = f"{layer}.block_sparse_moe.experts.{e}"
+                linears[f"{expert}.w1"] = (c.intermediate_size, c.hidden_size)  # gate proj
+                linears[f"{expert}.w2"] = (c.hidden_size, c.intermediate_size)  # down proj
+                linears[f"{expert}.w3"] = (c.intermediate_size, c.hidden_size)  # up proj
+        else:
+            linears[f"{layer}.mlp.gate_proj"] = (c.intermediate_size, c.hidden_size)
+            linears[f"{layer}.mlp.up_proj"] = (c.intermediate_size, c.hidden_size)
+            linears[f"{layer}.mlp.down_proj"] = (c.hidden_size, c.intermediate_size)
+    return linears
+
+
+def plain_tensor_specs(config: ModelConfig) -> dict[str, TensorSpec]:
+    """Tensors that are never quantized: embeddings, norms, the router, lm_head."""
+    c = config
+    specs = {"model.embed_tokens.weight": TensorSpec((c.vocab_size, c.hidden_size), FLOAT_DTYPES)}
+    for i in range(c.num_hidden_layers):
+        layer = f"model.layers.{i}"
+        specs[f"{layer}.input_layernorm.weight"] = TensorSpec((c.hidden_size,), FLOAT_DTYPES)
+        specs[f"{layer}.post_attention_layernorm.weight"] = TensorSpec((c.hidden_size,), FLOAT_DTYPES)
+        if c.is_moe:  # the router reads the same normalised input as the experts; AWQ never quantizes it
+            specs[f"{layer}.block_sparse_moe.gate.weight"] = TensorSpec(
+                (c.num_local_experts, c.hidden_size), FLOAT_DTYPES)
+    specs["model.norm.weight"] = TensorSpec((c.hidden_size,), FLOAT_DTYPES)
+    if not c.tie_word_embeddings:
+        specs["lm_head.weight"] = TensorSpec((c.vocab_size, c.hidden_size), FLOAT_DTYPES)
+    return specs
+
+
+def linear_tensor_specs(prefix: str, out_features: int, in_features: int, quantized: bool,
+                        group_size: int) -> dict[str, TensorSpec]:
+    """The tensors of one linear layer: `.weight` [N, K], or AWQ `.qweight/.qzeros/.scales` (W^T, packed)."""
+    if not quantized:
+        return {f"{prefix}.weight": TensorSpec((out_features, in_features), FLOAT_DTYPES)}
+    groups = in_features // group_size if group_size > 0 and in_features % group_size == 0 else -1
+    return {
+        f"{prefix}.qweight": TensorSpec((in_features, out_features // 8), ("I32",)),
+        f"{prefix}.qzeros": TensorSpec((groups, out_features // 8), ("I32",)),
+        f"{prefix}.scales": TensorSpec((groups, out_features), FLOAT_DTYPES),
+    }
+
+
+class Checkpoint:
+    """A validated, memory-mapped view of a checkpoint directory.
+
+        ckpt = Checkpoint("Confinus-2x7B-AWQ")     # reads config + headers, validates, reads no tensor data
+        ckpt.tensor("model.norm.weight")          # memory-mapped torch.Tensor
+        ckpt.linear("model.layers.0.self_attn.q_proj")   # {"weight": ...} or {"qweight", "qzeros", "scales"}
+    """
+
+    def __init__(self, path: str | os.PathLike, *, validate: bool = True):
+        self.path = os.fspath(path)
+        if not os.path.isdir(self.path):
+            raise CheckpointError(f"{self.path}: not a directory (expected a checkpoint directory with config.json "
+                                  "and *.safetensors)")
+        self.config: ModelConfig = load_config(self.path)
+        self.files, self.tensors = self._read_headers()
+        self._handles: dict[str, object] = {}
+        if validate:
+            self.validate()
+
+    # ---- files ------------------------------------------------------------------------------------------
+    def _read_headers(self) -> tuple[list[str], dict[str, TensorInfo]]:
+        index_path = os.path.join(self.path, INDEX_FILE)
+        if os.path.isfile(index_path):
+            return self._read_index(index_path)
+        single = os.path.join(self.path, SINGLE_FILE)
+        files = [single] if os.path.isfile(single) else sorted(
+            os.path.join(self.path, f) for f in os.listdir(self.path) if f.endswith(".safetensors"))
+        if not files:
+            raise CheckpointError(f"{self.path}: no {SINGLE_FILE}, no {INDEX_FILE} and no *.safetensors file; "
+                                  "minimoe reads safetensors checkpoints only (never pickled .bin files)")
+        tensors: dict[str, TensorInfo] = {}
+        for file in files:
+            for name, info in read_safetensors_header(file).items():
+                if name in tensors:
+                    raise CheckpointError(f"{file}: tensor {name!r} also appears in {tensors[name].file}")
+                tensors[name] = info
+        return files, tensors
+
+    def _read_index(self, index_path: str) -> tuple[list[str], dict[str, TensorInfo]]:
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                index = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CheckpointError(f"{index_path}: cannot read the shard index ({error})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index_path}: expected an object with a 'weight_map' of tensor name -> file name")
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not os.path.isfile(os.path.join(self.path, f))]
+        if missing:
+            raise CheckpointError(f"{index_path}: shard file(s) listed in the index are missing: {', '.join(missing)}")
+        headers = {f: read_safetensors_header(os.path.join(self.path, f)) for f in files}
+        tensors: dict[str, TensorInfo] = {}
+        for name, file in weight_map.items():
+            if name not in headers[file]:
+                raise CheckpointError(f"{index_path}: says {name!r} is in {file}, but that file does not hold it")
+            tensors[name] = headers[file][name]
+        for file, header in headers.items():
+            extra = sorted(set(header) - set(weight_map))
+            if extra:
+                warnings.warn(f"{os.path.join(self.path, file)}: {len(extra)} tensor(s) not listed in {INDEX_FILE} "
+                              f"are ignored, e.g. {extra[0]!r}", stacklevel=3)
+        return [os.path.join(self.path, f) for f in files], tensors
+
+    # ---- what the config expects ----------------------------------------------------------------------------
+    def is_quantized(self, prefix: str) -> bool:
+        """AWQ or plain is decided per tensor by what the file holds, not by lists in the config."""
+        return f"{prefix}.qweight" in self.tensors
+
+    def expected_specs(self) -> dict[str, TensorSpec]:
+        specs = plain_tensor_specs(self.config)
+        quant = self.config.quantization
+        for prefix, (n, k) in linear_names(self.config).items():
+            # What the file holds decides; a linear missing altogether is reported in the config's format.
+            quantized = self.is_quantized(prefix) or (quant is not None and f"{prefix}.weight" not in self.tensors)
+            group = quant.group_size_for(k) if quant else self._infer_group_size(prefix, k)
+            specs.update(linear_tensor_specs(prefix, n, k, quantized, group))
+            if f"{prefix}.bias" in self.tensors:
+                specs[f"{prefix}.bias"] = TensorSpec((n,), FLOAT_DTYPES)
+        return specs
+
+    def _infer_group_size(self, prefix: str, in_features: int) -> int:
+        scales = self.tensors.get(f"{prefix}.scales")
+        if scales is None or len(scales.shape) != 2 or scales.shape[0] == 0:
+            return -1
+        return in_features // scales.shape[0] if in_features % scales.shape[0] == 0 else -1
+
+    def group_size(self, prefix: str) -> int:
+        k = linear_names(self.config)[prefix][1]
+        quant = self.config.quantization
+        return quant.group_size_for(k) if quant else self._infer_group_size(prefix, k)
+
+    def validate(self) -> None:
+        """Raise one CheckpointError listing every problem; warn about tensors the model will not use."""
+        specs = self.expected_specs()
+        missing = [name for name in specs if name not in self.tensors]
+        problems = []
+        if missing:
+            shown = ", ".join(missing[:12]) + (f", ... ({len(missing) - 12} more)" if len(missing) > 12 else "")
+            problems.append(f"{len(missing)} expected tensor(s) missing: {shown}")
+        for name, spec in specs.items():
+            info = self.tensors.get(name)
+            if info is None:
+                continue
+            if info.shape != spec.shape:
+                problems.append(f"{name} in {os.path.basename(info.file)}: expected shape {list(spec.shape)}, "
+                                f"found {list(info.shape)}")
+            if info.dtype not in spec.dtypes:
+                problems.append(f"{name} in {os.path.basename(info.file)}: expected dtype {'/'.join(spec.dtypes)}, "
+                                f"found {info.dtype}")
+        if self.config.quantization is None and any(n.endswith(".qweight") for n in self.tensors):
+            problems.append("the files hold AWQ tensors (.qweight) but config.json has no quantization_config "
+                            "and there is no quant_config.json")
+        if problems:
+            raise CheckpointError(f"{self.path}: checkpoint does not match its config.json:\n  - "
+                                  + "\n  - ".join(problems))
+        extra = sorted(set(self.tensors) - set(specs))
+        if extra:
+            warnings.warn(f"{self.path}: {len(extra)} unexpected tensor(s) will be ignored, e.g. {extra[0]!r}",
+                          stacklevel=2)
+
+    # ---- reading tensors --------------------------------------------------------------------------------------
+    def tensor(self, name: str) -> torch.Tensor:
+        """The tensor `name`, memory-mapped from its file (bytes are read on first touch)."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            handle = self._handles.get(info.file)
+            if handle is None:
+                handle = self._handles[info.file] = safe_open(info.file, framework="pt")
+            return handle.get_tensor(name)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{info.file}: cannot read tensor {name!r} ({error})") from None
+
+    def linear(self, prefix: str) -> dict[str, torch.Tensor]:
+        """One linear layer's tensors: {"weight"} or {"qweight", "qzeros", "scales"}, plus "bias" if present."""
+        names = ("qweight", "qzeros", "scales") if self.is_quantized(prefix) else ("weight",)
+        out = {n: self.tensor(f"{prefix}.{n}") for n in names}
+        if f"{prefix}.bias" in self.tensors:
+            out["bias"] = self.tensor(f"{prefix}.bias")
+        return out
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    # ---- accounting (for `minimoe inspect` and the bandwidth floor) ----------------------------------------------
+    def bytes_on_disk(self) -> int:
+        return sum(os.path.getsize(f) for f in self.files)
+
+    def stats(self) -> dict:
+        """Parameter counts and bytes: total, per expert, active and read per decoded token."""
+        c = self.config
+        linears = linear_names(c)
+
+        def linear_bytes(prefix: str) -> int:
+            return sum(info.nbytes for name, info in self.tensors.items() if name.startswith(prefix + "."))
+
+        params = {name: math.prod(info.shape) for name, info in self.tensors.items()}
+        total = 0
+        for name, info in self.tensors.items():
+            if name.endswith(".qweight"):
+                total += math.prod(info.shape) * 8   # 8 int4 weights per int32
+            elif not name.endswith((".qzeros", ".scales")):
+                total += params[name]
+        per_expert_params = 0
+        expert_bytes_per_layer = 0  # the bytes of ONE expert in one layer (all experts have equal shapes)
+        if c.is_moe:
+            per_expert_params = c.num_hidden_layers * 3 * c.hidden_size * c.intermediate_size
+            expert_bytes_per_layer = sum(linear_bytes(f"model.layers.0.block_sparse_moe.experts.0.{w}")
+                                         for w in ("w1", "w2", "w3"))
+        inactive_experts = c.num_local_experts - c.num_experts_per_tok if c.is_moe else 0
+        active = total - inactive_experts * per_expert_params
+        # Bytes a decoded token must read: all of it except the embedding table (one row is read) and the
+        # experts the router did not pick. This is the bandwidth floor's numerator.
+        embed = self.tensors["model.embed_tokens.weight"]
+        row_bytes = embed.nbytes // max(1, embed.shape[0])
+        all_bytes = sum(info.nbytes for info in self.tensors.values())
+        read = all_bytes - embed.nbytes + row_bytes - inactive_experts * expert_bytes_per_layer * c.num_hidden_layers
+        if c.tie_word_embeddings:
+            read += embed.nbytes - row_bytes  # the tied table is also the lm_head: read whole
+        quantized = sum(1 for p in linears if self.is_quantized(p))
+        return {
+            "model_type": c.model_type,
+            "params_total": total,
+            "params_per_expert": per_expert_params,
+            "params_active_per_token": active,
+            "linears_quantized": quantized,
+            "linears_total": len(linears),
+            "bytes_on_disk": self.bytes_on_disk(),
+            "bytes_tensors": all_bytes,
+            "bytes_read_per_token": read,
+        }

@@ -1,0 +1,251 @@
+"""ModelConfig: what the model needs to know, read from a Hugging Face config.json (+ quant_config.json).
+
+Two families are supported, both decoder-only with RMSNorm, RoPE and grouped-query attention:
+    model_type "mixtral"   a sparse mixture of experts in every layer (Mixtral-8x7B, Confinus-2x7B)
+    model_type "mistral"   a dense SwiGLU MLP in every layer (Mistral-7B)
+
+config.json has been written by several generations of tooling, so a few keys have two spellings:
+    torch_dtype (older)            | dtype (transformers 5.x)
+    rope_theta (older)             | rope_parameters: {rope_type: "default", rope_theta: ...} (newer)
+    quant_config.json (AutoAWQ)    | quantization_config inside config.json (transformers)
+and AutoAWQ's quant_config.json says w_bit/q_group_size where transformers says bits/group_size.
+
+Nothing is guessed: rope_theta is 1e4 in Confinus-2x7B and 1e6 in Mixtral-8x7B, so a missing theta is an
+error, not a default. Every error names the file, the key, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import torch
+
+SUPPORTED_MODEL_TYPES = ("mixtral", "mistral")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ConfigError(ValueError):
+    """config.json (or quant_config.json) is missing, malformed, or describes something minimoe can't run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """AWQ int4 "GEMM" layout (see minimoe/awq.py). group_size -1 means one group per input column (G = K)."""
+
+    method: str = "awq"
+    bits: int = 4
+    group_size: int = 128
+    zero_point: bool = True
+    version: str = "gemm"
+    modules_to_not_convert: tuple[str, ...] = ()
+
+    def group_size_for(self, in_features: int) -> int:
+        return in_features if self.group_size == -1 else self.group_size
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    model_type: str                     # "mixtral" (sparse MoE) or "mistral" (dense MLP)
+    vocab_size: int
+    hidden_size: int                    # d_model
+    intermediate_size: int              # per expert (mixtral) or of the one MLP (mistral)
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int            # < num_attention_heads: grouped-query attention
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    sliding_window: int | None = None   # None: full causal attention
+    num_local_experts: int = 0          # mixtral only
+    num_experts_per_tok: int = 0        # mixtral only (top-k)
+    tie_word_embeddings: bool = False
+    dtype: str = "float32"              # the checkpoint's activation dtype (a key of DTYPES)
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    quantization: QuantConfig | None = None
+
+    @property
+    def is_moe(self) -> bool:
+        return self.model_type == "mixtral"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def kv_groups(self) -> int:
+        """How many query heads share one key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config.json", quant_raw: dict | None = None,
+                  quant_source: str = "quant_config.json") -> "ModelConfig":
+        return _parse(raw, source, quant_raw, quant_source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | os.PathLike) -> ModelConfig:
+    """Read `path`/config.json (and `path`/quant_config.json when present); `path` may also be the json file."""
+    path = os.fspath(path)
+    config_path = path if path.endswith(".json") else os.path.join(path, "config.json")
+    raw = _read_json(config_path)
+    quant_path = os.path.join(os.path.dirname(config_path), "quant_config.json")
+    quant_raw = _read_json(quant_path) if os.path.isfile(quant_path) else None
+    return _parse(raw, config_path, quant_raw, quant_path)
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: file not found (a checkpoint directory needs a config.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level, found {type(raw).__name__}")
+    return raw
+
+
+def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) -> ModelConfig:
+    def need(key: str, kind=int, where: dict = raw):
+        if key not in where or where[key] is None:
+            raise ConfigError(f"{source}: missing required key {key!r}")
+        return _typed(where[key], kind, key)
+
+    def _typed(value, kind, key):
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{source}: {key!r} must be an integer, found {value!r}")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{source}: {key!r} must be a number, found {value!r}")
+        return kind(value)
+
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        arch = raw.get("architectures")
+        raise ConfigError(
+            f"{source}: unsupported model_type {model_type!r} (architectures {arch!r}); "
+            f"minimoe runs {' and '.join(SUPPORTED_MODEL_TYPES)} checkpoints"
+        )
+
+    hidden = need("hidden_size")
+    heads = need("num_attention_heads")
+    kv_heads = need("num_key_value_heads")
+    head_dim = raw.get("head_dim")
+    head_dim = hidden // heads if head_dim is None else _typed(head_dim, int, "head_dim")
+
+    # rope_theta: older configs at the top level, newer ones inside rope_parameters. Never a default.
+    rope = raw.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{source}: 'rope_parameters' must be an object, found {rope!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default" or raw.get("rope_scaling"):
+        raise ConfigError(f"{source}: RoPE scaling {rope_type!r}/{raw.get('rope_scaling')!r} is not supported; "
+                          "minimoe implements plain RoPE (rope_type 'default')")
+    if "rope_theta" in rope:
+        theta = _typed(rope["rope_theta"], float, "rope_parameters.rope_theta")
+    elif raw.get("rope_theta") is not None:
+        theta = _typed(raw["rope_theta"], float, "rope_theta")
+    else:
+        raise ConfigError(f"{source}: no rope_theta (nor rope_parameters.rope_theta); minimoe will not guess it "
+                          "(Confinus-2x7B uses 1e4, Mixtral-8x7B 1e6)")
+
+    dtype = raw.get("dtype", raw.get("torch_dtype")) or "float32"
+    if isinstance(dtype, str):
+        dtype = dtype.removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise ConfigError(f"{source}: dtype {dtype!r} is not supported; expected one of {sorted(DTYPES)}")
+
+    sliding = raw.get("sliding_window")
+    sliding = None if sliding is None else _typed(sliding, int, "sliding_window")
+
+    experts = top_k = 0
+    if model_type == "mixtral":
+        experts = need("num_local_experts")
+        top_k = need("num_experts_per_tok")
+
+    config = ModelConfig(
+        model_type=model_type,
+        vocab_size=need("vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=need("intermediate_size"),
+        num_hidden_layers=need("num_hidden_layers"),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        rms_norm_eps=need("rms_norm_eps", float),
+        rope_theta=theta,
+        max_position_embeddings=need("max_position_embeddings"),
+        sliding_window=sliding,
+        num_local_experts=experts,
+        num_experts_per_tok=top_k,
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        dtype=dtype,
+        bos_token_id=raw.get("bos_token_id", 1),
+        eos_token_id=_first(raw.get("eos_token_id", 2)),
+        quantization=_parse_quant(raw, source, quant_raw, quant_source),
+    )
+    _check_consistent(config, source)
+    return config
+
+
+def _first(value):
+    """eos_token_id may be a list in newer configs; generation stops on the first one listed here."""
+    return value[0] if isinstance(value, list) and value else value
+
+
+def _check_consistent(c: ModelConfig, source: str) -> None:
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings"):
+        if getattr(c, key) <= 0:
+            raise ConfigError(f"{source}: {key!r} must be positive, found {getattr(c, key)}")
+    if c.num_attention_heads % c.num_key_value_heads:
+        raise ConfigError(f"{source}: num_attention_heads ({c.num_attention_heads}) must be a multiple of "
+                          f"num_key_value_heads ({c.num_key_value_heads})")
+    if c.head_dim % 2:
+        raise ConfigError(f"{source}: head_dim must be even for RoPE, found {c.head_dim}")
+    if c.is_moe and not 1 <= c.num_experts_per_tok <= c.num_local_experts:
+        raise ConfigError(f"{source}: num_experts_per_tok must be in 1..num_local_experts "
+                          f"({c.num_local_experts}), found {c.num_experts_per_tok}")
+    if c.sliding_window is not None and c.sliding_window <= 0:
+        raise ConfigError(f"{source}: sliding_window must be positive or null, found {c.sliding_window}")
+    if c.rms_norm_eps <= 0 or c.rope_theta <= 0:
+        raise ConfigError(f"{source}: rms_norm_eps and rope_theta must be positive, found "
+                          f"{c.rms_norm_eps} and {c.rope_theta}")
+
+
+def _parse_quant(raw: dict, source: str, quant_raw: dict | None, quant_source: str) -> QuantConfig | None:
+    """AWQ settings from config.json's quantization_config, else from AutoAWQ's quant_config.json."""
+    if raw.get("quantization_config") is not None:
+        q, where = raw["quantization_config"], f"{source} (quantization_config)"
+    elif quant_raw is not None:
+        q, where = quant_raw, quant_source
+    else:
+        return None
+    if not isinstance(q, dict):
+        raise ConfigError(f"{where}: expected an object, found {q!r}")
+    method = str(q.get("quant_method", "awq")).lower()
+    if method != "awq":
+        raise ConfigError(f"{where}: quantization method {method!r} is not supported; minimoe reads AWQ "
+                          "(quant_method 'awq', 4-bit, version 'gemm')")
+    bits = q.get("bits", q.get("w_bit"))
+    if bits != 4:
+        raise ConfigError(f"{where}: {bits!r}-bit AWQ is not supported; expected bits/w_bit = 4")
+    version = str(q.get("version", "gemm")).lower()
+    if version != "gemm":
+        raise ConfigError(f"{where}: AWQ version {version!r} is not supported; minimoe reads the 'gemm' layout "
+                          "(qweight [K, N/8]); convert gemv/gemv_fast/marlin/exllama checkpoints first")
+    group = q.get("group_size", q.get("q_group_size"))
+    if isinstance(group, bool) or not isinstance(group, int) or not (group > 0 or group == -1):
+        raise ConfigError(f"{where}: group_size/q_group_size must be a positive integer or -1, found {group!r}")
+    zero_point = q.get("zero_point", True)
+    if zero_point is not True:
+        raise ConfigError(f"{where}: zero_point={zero_point!r} is not supported; AWQ GEMM checkpoints use zero points")
+    skip = q.get("modules_to_not_convert") or ()
+    return QuantConfig(group_size=group, modules_to_not_convert=tuple(skip))
