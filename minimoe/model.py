@@ -1,0 +1,414 @@
+"""A Mixtral-style sparse Mixture-of-Experts transformer (and its dense Mistral sibling) in plain PyTorch.
+
+Read top to bottom, in build order:
+    RMSNorm -> RotaryEmbedding -> KVCache -> Attention -> Router -> Expert -> SparseMoeBlock (| MLP)
+    -> DecoderLayer -> Transformer -> load_model
+
+Module names are the checkpoint's tensor names (`self_attn.q_proj`, `block_sparse_moe.gate`,
+`experts.{e}.w1` ...), so loading is one obvious mapping. The semantics follow the reference implementation
+in transformers exactly (../shared/FACTS.md): fp32 RMSNorm statistics, split-half RoPE computed in fp32, an
+fp32 softmax in attention and in the router, top-k experts with renormalised weights.
+
+Shapes: B batch, T new tokens, L cached + new tokens, H query heads, Hkv key/value heads, D head_dim,
+C hidden size (d_model), E experts, k experts per token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minimoe.config import DTYPES, ModelConfig
+from minimoe.linear import AWQLinear, Linear
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight. Statistics in fp32 even for half inputs: a sum of 4096 squares overflows fp16."""
+
+    def __init__(self, hidden_size: int, eps: float, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)  # cast back *before* the weight, as the reference does
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE (Su et al., 2021, arXiv:2104.09864), split-half convention as in HF checkpoints.
+
+    Pair (j, j + D/2) of each head is rotated by the angle position * theta^(-2j/D). Angles are computed in fp32
+    (positions reach 32768: fp16 could not even represent them) and only cos/sin are cast to the activations'
+    dtype.
+    """
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+        self.register_buffer("inv_freq", 1.0 / (theta ** exponent), persistent=False)  # (D/2,)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions.float()[..., None] * self.inv_freq.float()  # (B, T, D/2)
+        angles = torch.cat((angles, angles), dim=-1)                    # (B, T, D): both halves of a pair
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, heads, T, D); cos/sin (B, T, D)."""
+    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so each new token costs O(L), not O(L^2).
+
+    Storage grows by doubling (no 32k-token preallocation for a 10-token prompt). It also remembers which
+    cached positions are padding (`key_mask`) and how many real tokens each row has (`next_position`), so a
+    batch of prompts of different lengths keeps decoding correctly.
+    """
+
+    def __init__(self, num_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers    # (B, Hkv, capacity, D)
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.length = 0                                               # L before the current forward
+        self.key_mask: torch.Tensor | None = None                     # (B, L) True = a real token
+        self.next_position: torch.Tensor | None = None                # (B,) RoPE position of the next token
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this forward's k/v (B, Hkv, T, D) at positions length..length+T; return all L of them."""
+        start, t = self.length, k.shape[2]
+        buffer = self.keys[layer]
+        if buffer is None or buffer.shape[2] < start + t:
+            capacity = max(16, 2 * (start + t))
+            grown_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+            grown_v = v.new_empty(grown_k.shape)
+            if buffer is not None:
+                grown_k[:, :, :start] = buffer[:, :, :start]
+                grown_v[:, :, :start] = self.values[layer][:, :, :start]
+            self.keys[layer], self.values[layer] = grown_k, grown_v
+        self.keys[layer][:, :, start:start + t] = k
+        self.values[layer][:, :, start:start + t] = v
+        return self.keys[layer][:, :, :start + t], self.values[layer][:, :, :start + t]
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention (Ainslie et al., 2023, arXiv:2305.13245), optional sliding window.
+
+    H query heads share Hkv key/value heads in groups of H/Hkv: the KV cache is H/Hkv times smaller than in
+    multi-head attention. Queries are viewed as (B, Hkv, H/Hkv, T, D) so each kv head broadcasts over its group
+    (no repeated copies of K and V).
+    """
+
+    def __init__(self, config: ModelConfig, layer_index: int, dtype=None):
+        super().__init__()
+        c = config
+        self.layer_index = layer_index
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.scale = self.head_dim ** -0.5
+        self.q_proj = Linear(c.hidden_size, self.num_heads * self.head_dim, dtype=dtype)
+        self.k_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, dtype=dtype)
+        self.v_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, dtype=dtype)
+        self.o_proj = Linear(self.num_heads * self.head_dim, c.hidden_size, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)     # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)   # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_index, k, v)          # (B, Hkv, L, D)
+        q = q.view(B, Hkv, H // Hkv, T, D)                       # query heads grouped by their kv head
+        scores = torch.matmul(q, k[:, :, None].transpose(-1, -2)) * self.scale   # (B, Hkv, H/Hkv, T, L)
+        scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs, v[:, :, None])                 # (B, Hkv, H/Hkv, T, D)
+        out = out.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
+        return self.o_proj(out)
+
+
+@dataclasses.dataclass
+class RouterOutput:
+    """What one MoE layer decided, per token (rows = B*T flattened tokens)."""
+
+    logits: torch.Tensor    # (B*T, E) router logits, in the model's dtype
+    experts: torch.Tensor   # (B*T, k) chosen expert indices, best first
+    weights: torch.Tensor   # (B*T, k) their renormalised weights (sum to 1), fp32
+
+
+class Router(nn.Module):
+    """The gate: a plain (never quantized) linear C -> E, softmax in fp32, top-k, renormalise.
+
+    Softmax over all E then renormalising the top k equals a softmax over the k chosen logits (the shared
+    normaliser cancels), which is how Mixtral is often written.
+    """
+
+    def __init__(self, hidden_size: int, num_experts: int, top_k: int, dtype=None):
+        super().__init__()
+        self.top_k = top_k
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> RouterOutput:
+        logits = F.linear(x, self.weight)                               # (N, E)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        weights, experts = torch.topk(probs, self.top_k, dim=-1)        # (N, k)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return RouterOutput(logits, experts, weights)
+
+
+class Expert(nn.Module):
+    """One expert: a SwiGLU feed-forward network, w2(silu(w1 x) * w3 x) (Shazeer, 2020, arXiv:2002.05202)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, dtype=None):
+        super().__init__()
+        self.w1 = Linear(hidden_size, intermediate_size, dtype=dtype)  # gate projection
+        self.w2 = Linear(intermediate_size, hidden_size, dtype=dtype)  # down projection
+        self.w3 = Linear(hidden_size, intermediate_size, dtype=dtype)  # up projection
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class SparseMoeBlock(nn.Module):
+    """Top-k of E experts per token (Shazeer et al., 2017; Mixtral: Jiang et al., 2024, arXiv:2401.04088).
+
+    Each expert runs only on the tokens routed to it: group token indices by expert, run the expert once on
+    that gathered batch, scatter-add its weighted output back. Compute scales with k/E, not with E.
+    """
+
+    def __init__(self, config: ModelConfig, dtype=None):
+        super().__init__()
+        c = config
+        self.gate = Router(c.hidden_size, c.num_local_experts, c.num_experts_per_tok, dtype=dtype)
+        self.experts = nn.ModuleList(Expert(c.hidden_size, c.intermediate_size, dtype=dtype)
+                                     for _ in range(c.num_local_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
+        B, T, C = x.shape
+        tokens = x.reshape(B * T, C)
+        route = self.gate(tokens)
+        weights = route.weights.to(x.dtype)
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            token_index, slot = torch.where(route.experts == e)   # which tokens chose e, and in which of k slots
+            if token_index.numel() == 0:
+                continue
+            y = expert(tokens[token_index]) * weights[token_index, slot, None]
+            out.index_add_(0, token_index, y)
+        return out.view(B, T, C), route
+
+
+class MLP(nn.Module):
+    """The dense SwiGLU MLP of Mistral checkpoints (gate_proj/up_proj/down_proj = an expert's w1/w3/w2)."""
+
+    def __init__(self, config: ModelConfig, dtype=None):
+        super().__init__()
+        c = config
+        self.gate_proj = Linear(c.hidden_size, c.intermediate_size, dtype=dtype)
+        self.up_proj = Linear(c.hidden_size, c.intermediate_size, dtype=dtype)
+        self.down_proj = Linear(c.intermediate_size, c.hidden_size, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), None
+
+
+class DecoderLayer(nn.Module):
+    """h = x + attn(norm1(x)); out = h + moe(norm2(h)) (pre-norm residual block)."""
+
+    def __init__(self, config: ModelConfig, layer_index: int, dtype=None):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
+        self.self_attn = Attention(config, layer_index, dtype=dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
+        if config.is_moe:
+            self.block_sparse_moe = SparseMoeBlock(config, dtype=dtype)
+        else:
+            self.mlp = MLP(config, dtype=dtype)
+
+    def forward(self, x, cos, sin, mask, cache):
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        ffn = self.block_sparse_moe if hasattr(self, "block_sparse_moe") else self.mlp
+        out, route = ffn(self.post_attention_layernorm(h))
+        return h + out, route
+
+
+class Backbone(nn.Module):
+    """`model.*` in the checkpoint: embeddings, the layers, the final norm."""
+
+    def __init__(self, config: ModelConfig, dtype=None):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype, _freeze=True)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, dtype=dtype) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
+
+
+class Transformer(nn.Module):
+    """The whole model: token ids -> logits over the vocabulary."""
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config, dtype=dtype)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, dtype=dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.num_hidden_layers)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None, output_router_logits: bool = False,
+                last_token_only: bool = False):
+        """input_ids (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with last_token_only.
+
+        cache: a KVCache to read from and append to (model.new_cache() for a fresh one).
+        attention_mask: (B, T), 1 for real tokens and 0 for padding, for the new tokens only. Pad on the
+            left, so every row's last token is real; padded positions never influence real ones.
+        output_router_logits: also return a list (one per MoE layer) of RouterOutput.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, tokens), found shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        c = self.config
+        past = cache.length if cache is not None else 0
+        if past + T > c.max_position_embeddings:
+            raise ValueError(f"{past + T} tokens exceed the model's context of {c.max_position_embeddings} "
+                             f"(max_position_embeddings)")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= c.vocab_size):
+            raise ValueError(f"token ids must be in 0..{c.vocab_size - 1}, found "
+                             f"{int(input_ids.min())}..{int(input_ids.max())}")
+        device = input_ids.device
+        real = (torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None
+                else attention_mask.to(device=device, dtype=torch.bool))
+        if real.shape != (B, T):
+            raise ValueError(f"attention_mask must have shape {(B, T)} like input_ids, found {tuple(real.shape)}")
+
+        # Positions count real tokens only, so a left-padded row gets the same RoPE angles as unpadded.
+        start = (cache.next_position if cache is not None and cache.next_position is not None
+                 else torch.zeros(B, dtype=torch.long, device=device))
+        positions = (start[:, None] + real.long().cumsum(-1) - 1).clamp(min=0)       # (B, T)
+        key_real = real if cache is None or cache.key_mask is None else torch.cat((cache.key_mask, real), dim=1)
+        mask = self._attention_mask(positions, key_real, past)
+
+        x = self.model.embed_tokens(input_ids)                                       # (B, T, C)
+        cos, sin = self.rotary(positions, x.dtype)
+        routes = []
+        for layer in self.model.layers:
+            x, route = layer(x, cos, sin, mask, cache)
+            if route is not None:
+                routes.append(route)
+        if cache is not None:
+            cache.length = past + T
+            cache.key_mask = key_real
+            cache.next_position = start + real.long().sum(-1)
+        if last_token_only:
+            x = x[:, -1:]
+        logits = self.lm_head(self.model.norm(x))
+        return (logits, routes) if output_router_logits else logits
+
+    def _attention_mask(self, positions: torch.Tensor, key_real: torch.Tensor, past: int) -> torch.Tensor:
+        """(B, T, L) bool: query t may see key j iff j is real, j <= t in time, and inside the sliding window.
+
+        A padding query sees at least itself, so its softmax row is never all -inf (no NaN anywhere).
+        """
+        B, T = positions.shape
+        L = key_real.shape[1]
+        q_index = torch.arange(past, past + T, device=positions.device)[:, None]     # (T, 1) cache slots
+        k_index = torch.arange(L, device=positions.device)[None, :]                   # (1, L)
+        allowed = k_index <= q_index
+        if self.config.sliding_window is not None:
+            allowed = allowed & (q_index - k_index < self.config.sliding_window)
+        mask = allowed[None] & key_real[:, None, :]
+        return mask | (k_index == q_index)[None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: build the module tree on the meta device (free), then put each checkpoint tensor in its place.
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
+               device: str | torch.device = "cpu", progress=None) -> Transformer:
+    """Load a checkpoint directory into a Transformer in eval mode.
+
+    dtype: activations and plain weights (default: the checkpoint's own dtype); fp32, fp16 or bf16.
+    AWQ linears keep their int4 tensors as stored (scales stay fp16), whatever `dtype` is.
+    progress: optional callable(done, total) called as tensors are placed (the CLI draws a bar with it).
+    """
+    from minimoe.checkpoint import Checkpoint, linear_names, plain_tensor_specs
+
+    checkpoint = Checkpoint(path)
+    config = checkpoint.config
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
+        dtype = DTYPES[dtype]
+    dtype = dtype or config.torch_dtype
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, found {dtype}")
+    device = torch.device(device)
+
+    with torch.device("meta"):
+        model = Transformer(config, dtype=dtype)
+    model.rotary.inv_freq = RotaryEmbedding(config.head_dim, config.rope_theta).inv_freq  # recompute off meta
+
+    plain = plain_tensor_specs(config)
+    linears = linear_names(config)
+    total, done = len(plain) + len(linears), 0
+    for name in plain:
+        _assign(model, name, checkpoint.tensor(name).to(device=device, dtype=dtype))
+        done += 1
+        if progress:
+            progress(done, total)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    for prefix, (n, k) in linears.items():
+        tensors = checkpoint.linear(prefix)
+        parent_name, _, attr = prefix.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if "qweight" in tensors:
+            module = AWQLinear(*(tensors[t].to(device) for t in ("qweight", "qzeros", "scales")),
+                               group_size=checkpoint.group_size(prefix),
+                               bias=tensors["bias"].to(device=device, dtype=dtype) if "bias" in tensors else None,
+                               name=prefix)
+        else:
+            module = Linear(k, n, bias="bias" in tensors, dtype=dtype, device="meta")
+            module.weight = nn.Parameter(tensors["weight"].to(device=device, dtype=dtype), requires_grad=False)
+            if "bias" in tensors:
+                module.bias = nn.Parameter(tensors["bias"].to(device=device, dtype=dtype), requires_grad=False)
+        setattr(parent, attr, module)
+        done += 1
+        if progress:
+            progress(done, total)
+    model.rotary.to(device)
+    model.eval()
+    leftover = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if leftover:
+        raise RuntimeError(f"internal error: tensors left unloaded: {leftover[:5]}")
+    return model
+
+
+def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attr, nn.Parameter(value, requires_grad=False))
