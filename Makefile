@@ -47,7 +47,9 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) -m minimoe demo
+	$(PY) -m minimoe info
+	$(PY) -m minimoe generate "Once upon a time" --max-new-tokens 24 --temperature 0.8 --seed 0
+	$(PY) -m minimoe route "The quick brown fox jumps over the lazy dog"
 
 bench: setup
 	$(PY) benchmarks/kernel_cpu.py

@@ -182,7 +182,8 @@ if __name__ == "__main__":
         package_data={"minimoe": ["default_model/*"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": build_ext},
-        install_requires=["torch>=2.4", "numpy", "safetensors>=0.4", "ninja", "pybind11"],
+        # jinja2: chat templates in tokenizer_config.json are Jinja (rendered sandboxed by `minimoe chat`).
+        install_requires=["torch>=2.4", "numpy", "safetensors>=0.4", "ninja", "pybind11", "jinja2"],
         extras_require={
             # Reference implementations the tests compare against, and the test runners.
             "dev": [
@@ -191,6 +192,7 @@ if __name__ == "__main__":
                 "transformers>=4.46",
                 "sentencepiece",
                 "mistral_common",
+                "matplotlib",
             ],
             "plot": ["matplotlib"],
             "docs": ["mkdocs-material"],

@@ -1,8 +1,10 @@
 """The `minimoe` command line (also `python -m minimoe`). Thin: parse arguments, call the library, print.
 
+    minimoe generate [--model DIR] "prompt"   stream a continuation (default: the built-in random model)
+    minimoe chat [--model DIR]                an interactive loop (the checkpoint's chat template if it has one)
+    minimoe route [--model DIR] "text"        which experts each token chose, per layer, with statistics
     minimoe inspect DIR   architecture, parameter counts, quantization, bytes on disk and read per token
     minimoe info          how the native extension was built and which backend runs the int4 op per device
-    minimoe demo          what `make demo` runs
 
 Errors a user can cause (a bad path, a corrupt checkpoint, a prompt too long...) print one sentence and exit
 non-zero; --debug shows the traceback instead.
@@ -32,19 +34,183 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+
+
+def resolve_device(name: str):
     import torch
 
-    from minimoe import awq, ops
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} is not available: this machine has no usable CUDA GPU "
+                             "(torch.cuda.is_available() is False)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r} is not supported; expected cpu, cuda or cuda:N")
+    return device
 
-    cmd_info(argparse.Namespace(json=False))
-    torch.manual_seed(0)
-    weight = torch.randn(64, 128)
-    qweight, qzeros, scales = awq.quantize(weight, group_size=32)
-    x = torch.randn(3, 128)
-    y = ops.awq_gemm(x, qweight, qzeros, scales, 32)
-    print(f"\nint4 linear 128 -> 64 on 3 tokens via '{ops.backend('cpu')}': max |y - x W^T| = "
-          f"{(y - x @ weight.T).abs().max():.4f} (quantization error), |y| max {y.abs().max():.3f}")
+
+def resolve_dtype(name: str | None, device):
+    import torch
+
+    if name is None:
+        return None
+    from minimoe.config import DTYPES
+
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {', '.join(sorted(DTYPES))}")
+    dtype = DTYPES[name]
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"{torch.cuda.get_device_name(device)} cannot run bfloat16; use --dtype float16")
+    return dtype
+
+
+class ProgressBar:
+    """A one-line bar on stderr while a checkpoint loads (only when stderr is a terminal)."""
+
+    def __init__(self, label: str):
+        self.label, self.enabled = label, sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        filled = int(30 * done / max(1, total))
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def load(args):
+    """Model + tokenizer from --model (or the built-in default), on --device in --dtype."""
+    import minimoe
+
+    path = args.model or DEFAULT_MODEL
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: not a directory (expected a checkpoint directory with config.json)")
+    if not args.model:
+        print("minimoe: using the built-in default model (random weights: its output is gibberish by design)",
+              file=sys.stderr)
+    model = minimoe.load_model(path, dtype=dtype, device=device, progress=ProgressBar(f"loading {path}"))
+    tokenizer = minimoe.load_tokenizer(path)
+    return model, tokenizer
+
+
+def peak_memory(device) -> str:
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB GPU"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB RSS"
+
+
+def sampling_from(args):
+    from minimoe.generate import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          stop=tuple(args.stop or ()))
+
+
+def cmd_generate(args) -> int:
+    from minimoe import ops
+    from minimoe.generate import generate
+
+    model, tokenizer = load(args)
+
+    def stream(row: int, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    sys.stdout.write(args.prompt)
+    result = generate(model, tokenizer, args.prompt, sampling_from(args), on_token=stream)
+    sys.stdout.write("\n")
+    print(f"[{len(result.tokens[0])} tokens, {result.finish_reasons[0]}; prefill {result.prompt_tokens[0]} tokens "
+          f"at {result.prefill_tokens_per_s:.1f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s; "
+          f"int4 backend {ops.backend(model.device)}; peak memory {peak_memory(model.device)}]", file=sys.stderr)
+    return 0
+
+
+def render_chat(tokenizer_dir: str, messages: list[dict]) -> tuple[str, tuple[str, ...]]:
+    """The prompt for a conversation, and stop strings: the checkpoint's Jinja chat template if it ships one
+    (tokenizer_config.json "chat_template"), else a plain "User:/Assistant:" completion transcript."""
+    config_path = os.path.join(tokenizer_dir, "tokenizer_config.json")
+    template = None
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            tokenizer_config = json.load(f)
+        template = tokenizer_config.get("chat_template")
+        if isinstance(template, list):  # several named templates: take the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if template:
+        try:
+            import jinja2
+            import jinja2.sandbox
+        except ImportError:
+            raise RuntimeError("this checkpoint's chat template is Jinja: pip install jinja2") from None
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+        def raise_exception(message):
+            raise ValueError(f"chat template: {message}")
+
+        env.globals["raise_exception"] = raise_exception
+        text = env.from_string(template).render(
+            messages=messages, add_generation_prompt=True, bos_token="", eos_token="</s>")
+        return text, ()
+    transcript = "".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}\n" for m in messages)
+    return transcript + "Assistant:", ("\nUser:",)
+
+
+def cmd_chat(args) -> int:
+    from minimoe.generate import generate
+
+    model, tokenizer = load(args)
+    path = args.model or DEFAULT_MODEL
+    messages: list[dict] = []
+    print("minimoe chat: type a message, an empty line or Ctrl-D to quit.", file=sys.stderr)
+    while True:
+        if sys.stdin.isatty():
+            sys.stderr.write("you> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            return 0
+        messages.append({"role": "user", "content": line.strip()})
+        prompt, stops = render_chat(path, messages)
+        cfg = sampling_from(args)
+        cfg.stop = tuple(cfg.stop) + stops
+        sys.stdout.write("assistant> ")
+        result = generate(model, tokenizer, prompt, cfg,
+                          on_token=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()))
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": result.texts[0].strip()})
+
+
+def cmd_route(args) -> int:
+    from minimoe import routing
+
+    model, tokenizer = load(args)
+    report = routing.route(model, tokenizer, args.text)
+    if args.json:
+        print(json.dumps({"tokens": report.tokens, "experts": report.experts.tolist(),
+                          "weights": report.weights.tolist(), **report.summary()}, indent=1))
+    else:
+        print(routing.format_table(report, max_tokens=args.max_tokens))
+        print()
+        print(routing.format_summary(report))
+    if args.plot:
+        routing.plot_heatmap(report, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -121,12 +287,41 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="how the extension was built and which kernels run")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=cmd_info)
+    def model_options(p, device=True):
+        p.add_argument("--model", help="checkpoint directory (default: the built-in random-weight model)")
+        p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+        p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                       help="activation dtype (default: the checkpoint's)")
+
+    def sampling_options(p):
+        p.add_argument("--max-new-tokens", type=int, default=64)
+        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+        p.add_argument("--top-k", type=int, default=0)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--repetition-penalty", type=float, default=1.0)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+
+    generate = sub.add_parser("generate", help="generate a continuation of a prompt")
+    generate.add_argument("prompt")
+    model_options(generate)
+    sampling_options(generate)
+    generate.set_defaults(func=cmd_generate)
+    chat = sub.add_parser("chat", help="an interactive chat loop on stdin")
+    model_options(chat)
+    sampling_options(chat)
+    chat.set_defaults(func=cmd_chat)
+    route = sub.add_parser("route", help="show which experts each token chose in each layer")
+    route.add_argument("text")
+    model_options(route)
+    route.add_argument("--plot", metavar="PNG", help="also draw a token x layer heatmap (needs matplotlib)")
+    route.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    route.add_argument("--max-tokens", type=int, default=64, help="rows shown in the per-token table")
+    route.set_defaults(func=cmd_route)
     inspect = sub.add_parser("inspect", help="describe and validate a checkpoint directory")
     inspect.add_argument("model", help="checkpoint directory (config.json + *.safetensors)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(func=cmd_inspect)
-    demo = sub.add_parser("demo", help="what `make demo` runs")
-    demo.set_defaults(func=cmd_demo)
     return parser
 
 

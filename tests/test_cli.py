@@ -1,0 +1,118 @@
+"""The `minimoe` command line end to end, in subprocesses (as a user runs it)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import minimoe
+from minimoe.cli import DEFAULT_MODEL, render_chat
+from minimoe.testing import make_tiny_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, stdin=None, timeout=180):
+    return subprocess.run([sys.executable, "-m", "minimoe", *args], capture_output=True, text=True, cwd=ROOT,
+                          input=stdin, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny AWQ checkpoint with Mistral's tokenizer (so vocab 32000) and a short context of 64 tokens."""
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("cli") / "tiny", vocab_size=32000, hidden_size=32,
+                                intermediate_size=64, max_position_embeddings=64, seed=9)
+    shutil.copyfile(os.path.join(DEFAULT_MODEL, "tokenizer.model"), os.path.join(path, "tokenizer.model"))
+    return path
+
+
+def test_generate_default_model_offline():
+    result = run("generate", "Once upon a time", "--max-new-tokens", "8", "--seed", "0", "--temperature", "0.7")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Once upon a time")
+    assert len(result.stdout.strip()) > len("Once upon a time")
+    assert "random weights" in result.stderr  # says plainly what the default model is
+    assert "tok/s" in result.stderr and "peak memory" in result.stderr
+
+
+def test_generate_from_a_checkpoint_directory_matches_the_library(tiny_dir):
+    result = run("generate", "--model", tiny_dir, "Hello world", "--max-new-tokens", "10")
+    assert result.returncode == 0, result.stderr
+    model = minimoe.load_model(tiny_dir)
+    tokenizer = minimoe.load_tokenizer(tiny_dir)
+    expected = minimoe.generate.generate(model, tokenizer, "Hello world", max_new_tokens=10).texts[0]
+    assert result.stdout == "Hello world" + expected + "\n"
+
+
+def test_route_table_summary_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "route.png"
+    result = run("route", "The quick brown fox", "--plot", str(png))
+    assert result.returncode == 0, result.stderr
+    assert "layer 0" in result.stdout and "entropy" in result.stdout and "▁quick" in result.stdout
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_route_json_is_consistent():
+    result = run("route", "one two three", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    tokens = len(report["tokens"])
+    assert [sum(layer) for layer in report["tokens_per_expert"]] == [2 * tokens] * 2  # top-2 of 2
+    for layer in report["weights"]:
+        for weights in layer:
+            assert abs(sum(weights) - 1) < 1e-5
+
+
+def test_inspect(tiny_dir):
+    result = run("inspect", tiny_dir)
+    assert result.returncode == 0, result.stderr
+    assert "mixtral" in result.stdout and "AWQ int4" in result.stdout and "validation: ok" in result.stdout
+
+
+def test_chat_through_stdin():
+    result = run("chat", "--max-new-tokens", "5", stdin="hello there\nand again\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("assistant> ") == 2
+
+
+def test_chat_uses_the_checkpoints_jinja_template(tmp_path):
+    template = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}[assistant]{% endif %}")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    text, stops = render_chat(str(tmp_path), [{"role": "user", "content": "hi"}])
+    assert text == "[user] hi\n[assistant]" and stops == ()
+    plain, plain_stops = render_chat(str(tmp_path / "nothing"), [{"role": "user", "content": "hi"}])
+    assert plain == "User: hi\nAssistant:" and plain_stops == ("\nUser:",)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "--model", "/definitely/not/here", "hi"], "not a directory"),
+    (["generate", "--device", "cuda:7", "hi"], "device 'cuda:7'"),
+    (["generate", "--device", "tpu", "hi"], "device 'tpu'"),
+    (["route", "--model", ROOT, "hi"], "config.json: file not found"),
+])
+def test_user_errors_are_one_sentence_and_non_zero(args, message):
+    result = run(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_prompt_longer_than_context(tiny_dir):
+    result = run("generate", "--model", tiny_dir, "word " * 100)
+    assert result.returncode == 2
+    assert "longer than the model's context of 64" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_dtype_rejected():
+    result = run("generate", "--dtype", "float8", "hi")
+    assert result.returncode == 2 and "invalid choice: 'float8'" in result.stderr
+
+
+def test_debug_shows_the_traceback():
+    result = run("--debug", "generate", "--model", "/definitely/not/here", "hi")
+    assert result.returncode != 0 and "Traceback" in result.stderr
