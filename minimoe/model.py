@@ -203,6 +203,13 @@ class SparseMoeBlock(nn.Module):
         route = self.gate(tokens)
         weights = route.weights.to(x.dtype)
         out = torch.zeros_like(tokens)
+        if route.experts.shape[1] == len(self.experts):
+            # top-E of E (Confinus-2x7B: top-2 of 2): every token uses every expert, so there is nothing to
+            # group; skip the gather/scatter and weight each expert's output by its column of dense weights.
+            dense = torch.zeros_like(route.weights).scatter(1, route.experts, route.weights).to(x.dtype)
+            for e, expert in enumerate(self.experts):
+                out += expert(tokens) * dense[:, e, None]
+            return out.view(B, T, C), route
         for e, expert in enumerate(self.experts):
             token_index, slot = torch.where(route.experts == e)   # which tokens chose e, and in which of k slots
             if token_index.numel() == 0:
