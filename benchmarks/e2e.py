@@ -1,0 +1,370 @@
+"""End-to-end speed and memory: can minimoe run Confinus-2x7B-AWQ, how much memory, how fast?
+
+    python benchmarks/e2e.py --checkpoint /path/to/cache/confinus-shape-awq      # CPU, everything
+    python benchmarks/e2e.py --skip-real                                         # only the mid-size comparison
+    python benchmarks/e2e.py --device cuda                                       # GPU mode (fp16 activations)
+
+Part 1, real shape (CPU): a random AWQ checkpoint with Confinus-2x7B's exact shapes (32 layers, hidden 4096,
+two 14336-wide experts, top-2, G = 128, fp16 embeddings/lm_head/router; ~7 GB in 4 shards) is written once
+with minimoe.testing.make_tiny_checkpoint and cached at --checkpoint. A fresh subprocess loads it (load time,
+peak RSS against the bytes on disk), prefills a 128-token prompt and decodes 32 tokens. Baselines measured in
+that same process:
+    decode floor    bytes a decoded token must read / read bandwidth (a sum over a 1 GB tensor)
+    prefill floor   torch's own bf16 matmul time for every linear layer at M = 128 (AMX via oneDNN here)
+Part 2, mid-size (CPU): a Mixtral that transformers can hold in fp32 (hidden 1024, 8 layers, 2 experts):
+decode and prefill tokens/s of transformers (fp32, KV cache), minimoe fp32, and minimoe AWQ (C++ kernel).
+GPU mode: random AWQ weights are generated directly on the GPU (no 7 GB file to write), fp16 activations;
+decode tokens/s against the bandwidth ceiling (bytes per token / measured device copy bandwidth).
+
+Prints tables, writes JSON (--out). Numbers drift between runs on shared machines: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import minimoe  # noqa: E402
+from minimoe import ops  # noqa: E402
+from minimoe.checkpoint import Checkpoint, linear_names  # noqa: E402
+from minimoe.generate import SamplingConfig, generate_ids  # noqa: E402
+from minimoe.testing import CONFINUS_SHAPE, make_tiny_checkpoint  # noqa: E402
+
+MID_CONFIG = dict(vocab_size=32000, hidden_size=1024, intermediate_size=3584, num_hidden_layers=8,
+                  num_attention_heads=16, num_key_value_heads=4, num_local_experts=2, num_experts_per_tok=2,
+                  max_position_embeddings=4096, rope_theta=10000.0)
+
+
+def read_bandwidth(gigabytes: float = 1.0, repeats: int = 5, device: str = "cpu") -> float:
+    """Bytes per second of the fastest of `repeats` full reads of a large tensor (a sum touches every byte)."""
+    x = torch.ones(int(gigabytes * 1e9 / 4), dtype=torch.float32, device=device)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        x.sum()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+def copy_bandwidth(device: str, gigabytes: float = 1.0, repeats: int = 10) -> float:
+    """Device copy bandwidth counting read + write bytes."""
+    src = torch.ones(int(gigabytes * 1e9 / 2), dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 2 / best
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def timed(fn, repeats: int = 1):
+    best, value = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Part 1: the real shape
+# ---------------------------------------------------------------------------------------------------------------
+
+def ensure_real_checkpoint(path: str) -> float:
+    """Write the real-shape checkpoint once; returns seconds spent (0 when cached)."""
+    marker = os.path.join(path, ".complete")
+    if os.path.isfile(marker):
+        return 0.0
+    print(f"writing a real-shape random AWQ checkpoint to {path} (once; ~7 GB, several minutes)...", flush=True)
+    t0 = time.perf_counter()
+    make_tiny_checkpoint(path, seed=0, **CONFINUS_SHAPE)
+    seconds = time.perf_counter() - t0
+    with open(marker, "w") as f:
+        f.write(f"{seconds:.1f}\n")
+    return seconds
+
+
+def prefill_floor_seconds(config, prompt_tokens: int, dtype=torch.bfloat16) -> float:
+    """torch's own matmul time (same dtype, pre-dequantized weights) for every linear layer at M = prompt."""
+    shapes: dict[tuple[int, int], int] = {}
+    per_layer = {k: v for k, v in linear_names(config).items() if k.startswith("model.layers.0.")}
+    for n, k in per_layer.values():
+        shapes[(k, n)] = shapes.get((k, n), 0) + 1
+    total = 0.0
+    for (k, n), count in shapes.items():
+        x = torch.randn(prompt_tokens, k, dtype=dtype)
+        w = torch.randn(k, n, dtype=dtype)
+        torch.matmul(x, w)  # warm-up
+        seconds, _ = timed(lambda: torch.matmul(x, w), repeats=3)
+        total += seconds * count * config.num_hidden_layers
+    return total
+
+
+def run_real(path: str, prompt_tokens: int, decode_tokens: int, dtype_name: str) -> dict:
+    """Runs in a fresh process, so peak RSS means this load and nothing else."""
+    dtype = getattr(torch, dtype_name)
+    checkpoint = Checkpoint(path)
+    stats = checkpoint.stats()
+    rss_before = peak_rss()
+    load_s, model = timed(lambda: minimoe.load_model(path, dtype=dtype))
+    config = model.config
+    prompt = torch.randint(3, config.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(0))
+    prefill_s, _ = timed(lambda: model(prompt[None], cache=model.new_cache(), last_token_only=True))
+    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1))
+    peak = peak_rss()
+    bandwidth = read_bandwidth()
+    floor_prefill_s = prefill_floor_seconds(config, prompt_tokens)
+    decode_tps = result.decode_tokens_per_s
+    floor_tps = bandwidth / stats["bytes_read_per_token"]
+    return {
+        "dtype": dtype_name,
+        "backend": ops.backend("cpu"),
+        "bytes_on_disk": stats["bytes_on_disk"],
+        "bytes_read_per_token": stats["bytes_read_per_token"],
+        "load_seconds": load_s,
+        "peak_rss_bytes": peak,
+        "rss_before_load_bytes": rss_before,
+        "peak_rss_over_disk": peak / stats["bytes_on_disk"],
+        "prefill_tokens": prompt_tokens,
+        "prefill_seconds": prefill_s,
+        "prefill_tokens_per_s": prompt_tokens / prefill_s,
+        "prefill_floor_seconds": floor_prefill_s,
+        "prefill_fraction_of_torch_matmul": floor_prefill_s / prefill_s,
+        "decode_tokens": result.decode_steps,
+        "decode_tokens_per_s": decode_tps,
+        "read_bandwidth_bytes_per_s": bandwidth,
+        "decode_floor_tokens_per_s": floor_tps,
+        "decode_fraction_of_floor": decode_tps / floor_tps,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Part 2: mid-size, side by side with transformers
+# ---------------------------------------------------------------------------------------------------------------
+
+def transformers_decode(model, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
+    """(prefill tokens/s, decode tokens/s) of transformers with its KV cache, greedy."""
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        out = model(prompt[None], use_cache=True)
+        prefill_s = time.perf_counter() - t0
+        past = out.past_key_values
+        token = out.logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            out = model(token, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = out.logits[:, -1:].argmax(-1)
+        decode_s = time.perf_counter() - t0
+    return prompt.numel() / prefill_s, decode_tokens / decode_s
+
+
+def minimoe_decode(model, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
+    prefill_s, _ = timed(lambda: model(prompt[None], cache=model.new_cache(), last_token_only=True))
+    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1))
+    return prompt.numel() / prefill_s, result.decode_tokens_per_s
+
+
+def run_mid(prompt_tokens: int, decode_tokens: int) -> list[dict]:
+    import transformers
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        hf_config = transformers.MixtralConfig(**MID_CONFIG)
+        hf = transformers.MixtralForCausalLM(hf_config).eval()
+        hf.config._attn_implementation = "eager"
+        prompt = torch.randint(3, MID_CONFIG["vocab_size"], (prompt_tokens,))
+        transformers_decode(hf, prompt[:8], 2)  # warm-up
+        p, d = transformers_decode(hf, prompt, decode_tokens)
+        rows.append({"engine": "transformers fp32", "prefill_tokens_per_s": p, "decode_tokens_per_s": d})
+        fp_path = os.path.join(tmp, "fp32")
+        hf.save_pretrained(fp_path)
+        del hf
+        model = minimoe.load_model(fp_path, dtype=torch.float32)
+        minimoe_decode(model, prompt[:8], 2)
+        p, d = minimoe_decode(model, prompt, decode_tokens)
+        rows.append({"engine": "minimoe fp32", "prefill_tokens_per_s": p, "decode_tokens_per_s": d})
+        del model
+        awq_path = os.path.join(tmp, "awq")
+        settings = {k: v for k, v in MID_CONFIG.items()}
+        make_tiny_checkpoint(awq_path, quantized=True, group_size=128, dtype="float16", **settings)
+        for dtype in (torch.float32, torch.bfloat16):
+            model = minimoe.load_model(awq_path, dtype=dtype)
+            minimoe_decode(model, prompt[:8], 2)
+            p, d = minimoe_decode(model, prompt, decode_tokens)
+            name = f"minimoe AWQ int4 ({ops.backend('cpu')}), {str(dtype).replace('torch.', '')} activations"
+            rows.append({"engine": name, "prefill_tokens_per_s": p, "decode_tokens_per_s": d})
+            del model
+    base = rows[0]
+    for row in rows:
+        row["decode_vs_transformers"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+        row["prefill_vs_transformers"] = row["prefill_tokens_per_s"] / base["prefill_tokens_per_s"]
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU mode
+# ---------------------------------------------------------------------------------------------------------------
+
+def random_awq_model_on(device: str, dtype: torch.dtype, layers: int):
+    """The real-shape model built directly on the device with random int4 codes (no file, no quantize step)."""
+    from minimoe.config import ModelConfig, QuantConfig
+    from minimoe.linear import AWQLinear
+    from minimoe.model import RotaryEmbedding, Transformer
+
+    shape = {k: v for k, v in CONFINUS_SHAPE.items() if k not in ("group_size", "shards")}
+    shape["num_hidden_layers"] = layers
+    config = ModelConfig(model_type="mixtral", head_dim=128, rms_norm_eps=1e-5, rope_theta=1e4, dtype="float16",
+                         quantization=QuantConfig(group_size=128), **shape)
+    with torch.device("meta"):
+        model = Transformer(config, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(0)
+    for prefix, (n, k) in linear_names(config).items():
+        parent, _, attr = prefix.rpartition(".")
+        qweight = torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32, device=device, generator=g)
+        qzeros = torch.randint(-2**31, 2**31 - 1, (k // 128, n // 8), dtype=torch.int32, device=device, generator=g)
+        scales = (torch.rand(k // 128, n, device=device, generator=g) * 0.002).to(torch.float16)
+        setattr(model.get_submodule(parent), attr, AWQLinear(qweight, qzeros, scales, 128, name=prefix))
+    # what is left on meta: embeddings, norms, routers, lm_head
+    for name, p in list(model.named_parameters()):
+        parent, _, attr = name.rpartition(".")
+        value = (torch.randn(p.shape, device=device, generator=g, dtype=torch.float32) * 0.02).to(dtype)
+        if attr == "weight" and p.dim() == 1:
+            value = torch.ones(p.shape, device=device, dtype=dtype)
+        setattr(model.get_submodule(parent), attr, torch.nn.Parameter(value, requires_grad=False))
+    model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
+    return model.eval()
+
+
+def run_gpu(prompt_tokens: int, decode_tokens: int, layers: int) -> dict:
+    device = "cuda"
+    model = random_awq_model_on(device, torch.float16, layers)
+    per_layer = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if ".layers.0." in n)
+    plain = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".layers." not in n)
+    row_bytes = model.config.hidden_size * 2
+    bytes_per_token = per_layer * layers + plain - model.model.embed_tokens.weight.numel() * 2 + row_bytes
+    prompt = torch.randint(3, model.config.vocab_size, (prompt_tokens,))
+    generate_ids(model, [prompt[:8].tolist()], SamplingConfig(max_new_tokens=3))  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    model(prompt[None].to(device), cache=model.new_cache(), last_token_only=True)
+    sync(device)
+    prefill_s = time.perf_counter() - t0
+    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1))
+    copy_bw = copy_bandwidth(device)
+    ceiling = copy_bw / 2 / bytes_per_token  # copy bandwidth counts read + write: reads alone ~ half of it
+    return {
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "layers": layers, "backend": ops.backend("cuda"), "bytes_read_per_token": bytes_per_token,
+        "prefill_tokens_per_s": prompt_tokens / prefill_s, "decode_tokens_per_s": result.decode_tokens_per_s,
+        "copy_bandwidth_bytes_per_s": copy_bw, "decode_ceiling_tokens_per_s": ceiling,
+        "decode_fraction_of_ceiling": result.decode_tokens_per_s / ceiling,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "backend_cpu": ops.backend("cpu")}
+
+
+def print_real(r: dict) -> None:
+    print("\nReal shape (Confinus-2x7B-AWQ shapes, random weights), CPU")
+    print(f"  checkpoint on disk          {r['bytes_on_disk'] / 1e9:8.2f} GB")
+    print(f"  load time                   {r['load_seconds']:8.1f} s")
+    print(f"  peak RSS                    {r['peak_rss_bytes'] / 1e9:8.2f} GB  ({r['peak_rss_over_disk']:.2f} x disk;"
+          f" target <= 1.15)")
+    print(f"  prefill {r['prefill_tokens']} tokens ({r['dtype']})  {r['prefill_tokens_per_s']:8.1f} tok/s  "
+          f"({r['prefill_fraction_of_torch_matmul']:.0%} of torch bf16 matmul on the same shapes; target >= 40%)")
+    print(f"  decode                      {r['decode_tokens_per_s']:8.2f} tok/s  "
+          f"(floor {r['decode_floor_tokens_per_s']:.2f} tok/s = {r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / "
+          f"{r['bytes_read_per_token'] / 1e9:.2f} GB per token; {r['decode_fraction_of_floor']:.0%} of floor; "
+          f"target >= 50%)")
+
+
+def print_mid(rows: list[dict]) -> None:
+    print("\nMid-size Mixtral (hidden 1024, 8 layers, 2 experts top-2), CPU, 128-token prompt")
+    print(f"  {'engine':<52} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode vs HF':>13}")
+    for r in rows:
+        print(f"  {r['engine']:<52} {r['prefill_tokens_per_s']:>14.1f} {r['decode_tokens_per_s']:>13.2f} "
+              f"{r['decode_vs_transformers']:>12.2f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", default=os.path.join(tempfile.gettempdir(), "minimoe-confinus-shape-awq"),
+                        help="where the real-shape checkpoint is cached (written once, ~7 GB)")
+    parser.add_argument("--skip-real", action="store_true", help="skip the real-shape part")
+    parser.add_argument("--skip-mid", action="store_true", help="skip the mid-size comparison")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="bfloat16", help="activation dtype for the real-shape CPU run")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--gpu-layers", type=int, default=32, help="layers of the GPU model (32 = real)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "e2e.json"))
+    parser.add_argument("--phase-real", action="store_true", help=argparse.SUPPRESS)  # the measuring subprocess
+    args = parser.parse_args()
+
+    if args.phase_real:
+        print(json.dumps(run_real(args.checkpoint, args.prompt_tokens, args.decode_tokens, args.dtype)))
+        return 0
+    report = {"machine": machine()}
+    if args.device == "cuda":
+        report["gpu"] = run_gpu(args.prompt_tokens, args.decode_tokens, args.gpu_layers)
+        g = report["gpu"]
+        print(f"\nGPU {g['gpu']}: decode {g['decode_tokens_per_s']:.1f} tok/s vs ceiling "
+              f"{g['decode_ceiling_tokens_per_s']:.0f} ({g['decode_fraction_of_ceiling']:.0%}); prefill "
+              f"{g['prefill_tokens_per_s']:.0f} tok/s; backend {g['backend']}")
+    else:
+        if not args.skip_real:
+            report["write_seconds"] = ensure_real_checkpoint(args.checkpoint)
+            child = subprocess.run([sys.executable, __file__, "--phase-real", "--checkpoint", args.checkpoint,
+                                    "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens",
+                                    str(args.decode_tokens), "--dtype", args.dtype],
+                                   capture_output=True, text=True)
+            if child.returncode != 0:
+                print(child.stderr, file=sys.stderr)
+                return child.returncode
+            report["real"] = json.loads(child.stdout.strip().splitlines()[-1])
+            print_real(report["real"])
+        if not args.skip_mid:
+            report["mid"] = run_mid(args.prompt_tokens, args.decode_tokens)
+            print_mid(report["mid"])
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
