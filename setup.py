@@ -7,7 +7,8 @@ Environment knobs:
     MINIMOE_CUDA=0             build CPU-only, even if CUDA is available
     MINIMOE_CUDA=1             require CUDA: fail loudly if torch has no CUDA or no toolkit is found
     CUDA_HOME / CUDA_PATH      the toolkit folder to use (must hold bin/nvcc and include/cuda_runtime.h)
-    TORCH_CUDA_ARCH_LIST       GPU targets (default "8.0;9.0": A100-class and H100/H200)
+    TORCH_CUDA_ARCH_LIST       GPU targets (default "8.0;9.0": A100-class and H100/H200). sm_80 is the minimum:
+                               the kernels use cp.async, ldmatrix and bf16 mma, and stop the build below it.
     MAX_JOBS                   parallel compile jobs for ninja
 
 setup.py imports torch, so install with `pip install --no-build-isolation -e ".[dev]"` (the Makefile does).
@@ -149,7 +150,8 @@ def extensions():
         macros += [("MINIMOE_WITH_CUDA", None), ("MINIMOE_CUDA_ARCHS", f'"{archs}"')]
         kwargs["extra_compile_args"] = {
             "cxx": cxx,
-            "nvcc": ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"],
+            # 3189: pages of warnings about torch headers' C++20 "module" identifiers, not about our code.
+            "nvcc": ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", "-diag-suppress", "3189"],
         }
         ext_class = cpp_extension.CUDAExtension
     else:
