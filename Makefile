@@ -56,7 +56,7 @@ bench: setup
 	$(PY) benchmarks/tokenizer_speed.py
 
 docs: setup
-	$(PIP) install -q mkdocs-material
+	$(PIP) install -q --no-build-isolation -e ".[docs]"
 	$(VENV)/bin/mkdocs build --strict
 
 clean:

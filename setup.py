@@ -195,9 +195,12 @@ if __name__ == "__main__":
                 "sentencepiece",
                 "mistral_common",
                 "matplotlib",
+                # the docs site is built (mkdocs --strict) by the test suite, so broken links fail CI
+                "mkdocs-material",
+                "mkdocstrings[python]",
             ],
             "plot": ["matplotlib"],
-            "docs": ["mkdocs-material"],
+            "docs": ["mkdocs-material", "mkdocstrings[python]"],
         },
         entry_points={"console_scripts": ["minimoe=minimoe.cli:main"]},
     )
