@@ -1,0 +1,283 @@
+// awq_gemm.cpp - CPU kernel of minimoe::awq_gemm: y[M, N] = x[M, K] @ W^T, W^T = (q - z) * s from AWQ int4.
+//
+// This file is the driver: it checks every argument, converts x to fp32, picks a path and an instruction set,
+// splits the output columns over threads, and holds the portable scalar kernels. The AVX-512 kernels are in
+// awq_gemm_avx512.cpp; docs/kernels-cpu.md explains both paths with measurements.
+//
+// Two paths, chosen by M (rows of x):
+//   decode  M < prefill_min_rows(): read the packed weights exactly once and multiply-accumulate straight from
+//           the nibbles. This is memory-bound: at M = 1 every weight byte is used for 2 flops per code.
+//   prefill M >= that: per tile of output columns, dequantize W^T[:, tile] into a small buffer (fp32, or bf16
+//           when x is bf16) and let torch's GEMM (oneDNN; AMX for bf16 on this CPU) multiply x by it. The unpack
+//           is paid once per weight for all M rows, and the multiply runs at the library's speed.
+//
+// Determinism: threads split the *output columns* only, on fixed tile boundaries (never the K sum), so each
+// output is computed by the same instructions in the same order whatever the thread count. Inside a tile the
+// GEMM runs single-threaded (it is called from within at::parallel_for's OpenMP region, where nested regions
+// get one thread), which is also what makes its result independent of the thread count.
+//
+// Instruction set: AVX-512 when the CPU has it, else scalar C++. MINIMOE_CPU_ISA=scalar (read on every call)
+// forces the scalar kernels, so the tests check both on an AVX-512 machine; MINIMOE_CPU_PATH likewise forces
+// the decode or the prefill path. (No AVX2 tier yet: a machine
+// without AVX-512 runs the scalar decode, which is correct but several times slower.)
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../dequant.h"
+#include "awq_gemm.h"
+
+namespace minimoe {
+namespace cpu {
+namespace {
+
+// Decode: the unit of work split between threads is a tile of 4 blocks (512 channels), small enough to split
+// N = 1024 over 2 threads. A thread then streams its whole run of tiles row by row, in spans of at most
+// kDecodeSpanFloats running sums (M x channels, 64 K floats = 256 KB of dot + 256 KB of y: L2-resident).
+// The result of an output never depends on the span or run it falls in (same k order, same fold), so thread
+// count and span size cannot change a bit of it.
+constexpr int64_t kDecodeTileWords = 4 * kBlockWords;
+constexpr int64_t kDecodeSpanFloats = 64 * 1024;
+constexpr int64_t kPrefillTileWords = 4 * kBlockWords;
+
+// From this many rows of x on, dequantize-then-GEMM beats streaming the nibbles (measured with
+// benchmarks/kernel_cpu.py on the 2-core AVX-512/AMX machine; see docs/kernels-cpu.md).
+// The decode loop's cost grows with M (one FMA per row of x per code) while prefill's is nearly flat until the
+// GEMM dominates; bf16 crosses earlier because its GEMM runs on AMX.
+int64_t prefill_min_rows(at::ScalarType x_dtype) { return x_dtype == at::kBFloat16 ? 16 : 32; }
+
+// MINIMOE_CPU_PATH=decode|prefill (read on every call) forces a path whatever M is: the tests use it to run
+// both paths on small shapes, the benchmark to find where they cross. Unset or "auto": decided by M.
+bool use_prefill(int64_t M, at::ScalarType x_dtype) {
+  const char* env = std::getenv("MINIMOE_CPU_PATH");
+  const std::string wish = env ? env : "";
+  if (wish == "decode") return false;
+  if (wish == "prefill") return true;
+  TORCH_CHECK(wish.empty() || wish == "auto", "minimoe::awq_gemm: MINIMOE_CPU_PATH must be auto, decode or prefill, found '",
+              wish, "'");
+  return M >= prefill_min_rows(x_dtype);
+}
+
+enum class Isa { kScalar, kAvx512 };
+
+Isa choose_isa() {
+  const char* env = std::getenv("MINIMOE_CPU_ISA");
+  const std::string wish = env ? env : "";
+  const bool have_avx512 = avx512_available();
+  if (wish == "scalar") return Isa::kScalar;
+  if (wish == "avx512") {
+    TORCH_CHECK(have_avx512, "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx512 but this CPU (or this build) has no AVX-512");
+    return Isa::kAvx512;
+  }
+  TORCH_CHECK(wish.empty() || wish == "auto", "minimoe::awq_gemm: MINIMOE_CPU_ISA must be auto, avx512 or scalar, found '",
+              wish, "'");
+  return have_avx512 ? Isa::kAvx512 : Isa::kScalar;
+}
+
+// ---- scalar kernels: natural channel order, portable C++ --------------------------------------------------
+// They compute the same quantities as the AVX-512 ones by the textbook formula (sum x*q, then s * (D - z X))
+// rather than the 1 + q/16 trick, so they are a second, independent implementation as well as a fallback.
+
+inline float scale_at(const void* scales, at::ScalarType dtype, int64_t i) {
+  switch (dtype) {
+    case at::kHalf: return static_cast<float>(static_cast<const at::Half*>(scales)[i]);
+    case at::kBFloat16: return static_cast<float>(static_cast<const at::BFloat16*>(scales)[i]);
+    default: return static_cast<const float*>(scales)[i];
+  }
+}
+
+void decode_scalar(const AwqGemmArgs& a, at::ScalarType scale_dtype, int64_t word_begin, int64_t word_end,
+                   float* y) {
+  const int64_t words = a.N / 8, groups = a.K / a.G, width = 8 * (word_end - word_begin);
+  std::vector<float> codes(width), dot(a.M * width), y_acc(a.M * width, 0.0f);
+  for (int64_t g = 0; g < groups; ++g) {
+    std::fill(dot.begin(), dot.end(), 0.0f);
+    for (int64_t k = g * a.G; k < (g + 1) * a.G; ++k) {
+      // Unpack the row segment once, use it for every row of x.
+      for (int64_t w = word_begin; w < word_end; ++w)
+        for (int j = 0; j < 8; ++j) codes[8 * (w - word_begin) + j] = static_cast<float>(awq_code(a.qweight[k * words + w], j));
+      for (int64_t m = 0; m < a.M; ++m) {
+        const float xv = a.x[m * a.K + k];
+        float* d = dot.data() + m * width;
+        for (int64_t n = 0; n < width; ++n) d[n] += xv * codes[n];
+      }
+    }
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float xsum = a.xsum[m * groups + g];
+      for (int64_t n = 0; n < width; ++n) {
+        const int64_t channel = 8 * word_begin + n;
+        const float z = static_cast<float>(awq_code(a.qzeros[g * words + channel / 8], channel % 8));
+        const float s = scale_at(a.scales, scale_dtype, g * a.N + channel);
+        y_acc[m * width + n] += s * (dot[m * width + n] - z * xsum);
+      }
+    }
+  }
+  for (int64_t m = 0; m < a.M; ++m)
+    std::memcpy(y + m * a.N + 8 * word_begin, y_acc.data() + m * width, width * sizeof(float));
+}
+
+// Same tile layout as dequant_tile_avx512 (blocks of 128 columns in packed order, padding lanes 0).
+template <typename T>
+void dequant_tile_scalar(const AwqGemmArgs& a, at::ScalarType scale_dtype, int64_t word_begin, int64_t word_end,
+                         T* tile) {
+  const int64_t words = a.N / 8;
+  const int64_t blocks = (word_end - word_begin + kBlockWords - 1) / kBlockWords, width = blocks * kBlockChannels;
+  for (int64_t k = 0; k < a.K; ++k) {
+    const int64_t g = k / a.G;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t w0 = word_begin + b * kBlockWords;
+      for (int64_t p = 0; p < kBlockChannels; ++p) {
+        float value = 0.0f;
+        if (w0 + p % kBlockWords < word_end) {
+          const int64_t channel = channel_of_packed_position(w0, p);
+          const uint32_t q = awq_code(a.qweight[k * words + channel / 8], channel % 8);
+          const uint32_t z = awq_code(a.qzeros[g * words + channel / 8], channel % 8);
+          value = awq_dequant(q, z, scale_at(a.scales, scale_dtype, g * a.N + channel));  // exact in fp32
+        }
+        tile[k * width + b * kBlockChannels + p] = static_cast<T>(value);  // bf16: round to nearest even
+      }
+    }
+  }
+}
+
+// ---- argument checks -----------------------------------------------------------------------------------
+
+void check_arguments(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros, const at::Tensor& scales,
+                     int64_t group_size) {
+  const char* op = "minimoe::awq_gemm (CPU)";
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"x", x}, {"qweight", qweight},
+                                {"qzeros", qzeros}, {"scales", scales}}) {
+    TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, found one on ", t.device());
+    TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, found ", t.dim(), "-D with shape ", t.sizes());
+  }
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              op, ": x must be float32, bfloat16 or float16, found ", x.scalar_type());
+  TORCH_CHECK(qweight.scalar_type() == at::kInt, op, ": qweight must be int32 (8 packed 4-bit codes), found ",
+              qweight.scalar_type());
+  TORCH_CHECK(qzeros.scalar_type() == at::kInt, op, ": qzeros must be int32 (8 packed 4-bit zeros), found ",
+              qzeros.scalar_type());
+  TORCH_CHECK(scales.scalar_type() == at::kHalf || scales.scalar_type() == at::kBFloat16 ||
+                  scales.scalar_type() == at::kFloat,
+              op, ": scales must be float16 (or bfloat16/float32), found ", scales.scalar_type());
+  TORCH_CHECK(group_size > 0, op, ": group_size must be positive, found ", group_size);
+  const int64_t K = qweight.size(0), words = qweight.size(1), N = 8 * words;
+  TORCH_CHECK(K > 0 && words > 0, op, ": qweight must be [K, N/8] with K >= 1 and N/8 >= 1, found shape ",
+              qweight.sizes());
+  TORCH_CHECK(x.size(1) == K, op, ": x must be [M, K] with K = qweight.size(0) = ", K, ", found shape ", x.sizes());
+  TORCH_CHECK(K % group_size == 0, op, ": group_size ", group_size, " must divide K = ", K, ", found remainder ",
+              K % group_size);
+  const int64_t groups = K / group_size;
+  TORCH_CHECK(scales.size(0) == groups && scales.size(1) == N, op, ": scales must be [K/G, N] = [", groups, ", ", N,
+              "] (N = 8 * qweight.size(1), so N % 8 == 0), found shape ", scales.sizes());
+  TORCH_CHECK(qzeros.size(0) == groups && qzeros.size(1) == words, op, ": qzeros must be [K/G, N/8] = [", groups,
+              ", ", words, "], found shape ", qzeros.sizes());
+}
+
+// y[m, channel] = out[m, packed position] for the valid lanes of a prefill tile.
+template <typename Out, typename Y>
+void scatter_tile(const Out* out, int64_t width, Y* y, int64_t M, int64_t N, int64_t word_begin, int64_t word_end) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t p = 0; p < width; ++p) {
+      const int64_t w0 = word_begin + (p / kBlockChannels) * kBlockWords, position = p % kBlockChannels;
+      if (w0 + position % kBlockWords < word_end)
+        y[m * N + channel_of_packed_position(w0, position)] = static_cast<Y>(static_cast<float>(out[m * width + p]));
+    }
+}
+
+}  // namespace
+
+at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, const at::Tensor& qzeros_in,
+                        const at::Tensor& scales_in, int64_t group_size) {
+  check_arguments(x_in, qweight_in, qzeros_in, scales_in, group_size);
+  const at::Tensor x = x_in.contiguous(), qweight = qweight_in.contiguous(), qzeros = qzeros_in.contiguous(),
+                   scales = scales_in.contiguous();
+  const int64_t M = x.size(0), K = qweight.size(0), words = qweight.size(1), N = 8 * words, G = group_size;
+  const int64_t groups = K / G;
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0) return y;
+
+  const Isa isa = choose_isa();
+  // AVX-512 kernels read float16 scales; other scale dtypes take the scalar kernels.
+  const bool vector = isa == Isa::kAvx512 && scales.scalar_type() == at::kHalf;
+
+  // x in fp32 (exact for bf16/fp16 inputs) and its per-group sums, summed left to right: the zero-point term.
+  const at::Tensor xf = x.to(at::kFloat);
+  at::Tensor xsum = at::empty({M, groups}, xf.options());
+  {
+    const float* px = xf.data_ptr<float>();
+    float* ps = xsum.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t g = 0; g < groups; ++g) {
+        float sum = 0.0f;
+        for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += px[m * K + k];
+        ps[m * groups + g] = sum;
+      }
+  }
+  const AwqGemmArgs args{xf.data_ptr<float>(),
+                         xsum.data_ptr<float>(),
+                         reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>()),
+                         reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>()),
+                         scales.data_ptr(),
+                         M, K, N, G};
+  const at::ScalarType scale_dtype = scales.scalar_type();
+
+  if (!use_prefill(M, x.scalar_type())) {
+    // ---- decode: stream the packed weights once ----
+    at::Tensor yf = x.scalar_type() == at::kFloat ? y : at::empty({M, N}, xf.options());
+    float* py = yf.data_ptr<float>();
+    // Threads take contiguous runs of whole tiles; each thread then sweeps its run in spans of at most
+    // span_words words, so that its [M, span] running sums stay in L2 while it streams long row segments.
+    const int64_t tiles = (words + kDecodeTileWords - 1) / kDecodeTileWords;
+    const int64_t span_words = std::max<int64_t>(kDecodeTileWords, (kDecodeSpanFloats / (8 * M)) / kDecodeTileWords * kDecodeTileWords);
+    at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+      const int64_t end = std::min(words, last * kDecodeTileWords);
+      for (int64_t w0 = first * kDecodeTileWords; w0 < end; w0 += span_words) {
+        const int64_t w1 = std::min(end, w0 + span_words);
+        if (vector) decode_avx512(args, w0, w1, py);
+        else decode_scalar(args, scale_dtype, w0, w1, py);
+      }
+    });
+    if (!yf.is_same(y)) y.copy_(yf);
+    return y;
+  }
+
+  // ---- prefill: dequantize a tile of W^T, multiply with torch's GEMM, scatter the columns back ----
+  // bf16 x multiplies bf16 weights (AMX): each weight is rounded to bf16 once, as in torch.matmul on weights
+  // dequantized to bf16. fp32 and fp16 x multiply exact fp32 weights by fp32 x (fp16 -> fp32 is exact).
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const at::Tensor a = bf16 ? x : xf;
+  const int64_t tiles = (words + kPrefillTileWords - 1) / kPrefillTileWords;
+  const int64_t tile_width = (kPrefillTileWords / kBlockWords) * kBlockChannels;
+  at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+    // One tile buffer and one output buffer per thread, reused for all of its tiles.
+    at::Tensor tile = at::empty({K, tile_width}, a.options());
+    at::Tensor out = at::empty({M, tile_width}, a.options());
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t w0 = t * kPrefillTileWords, w1 = std::min(words, w0 + kPrefillTileWords);
+      const int64_t width = ((w1 - w0 + kBlockWords - 1) / kBlockWords) * kBlockChannels;
+      at::Tensor tile_view = width == tile_width ? tile : at::empty({K, width}, a.options());
+      at::Tensor out_view = width == tile_width ? out : at::empty({M, width}, a.options());
+      if (vector) dequant_tile_avx512(args, w0, w1, tile_view.data_ptr(), bf16);
+      else if (bf16) dequant_tile_scalar(args, scale_dtype, w0, w1, tile_view.data_ptr<at::BFloat16>());
+      else dequant_tile_scalar(args, scale_dtype, w0, w1, tile_view.data_ptr<float>());
+      at::mm_out(out_view, a, tile_view);
+      if (bf16) scatter_tile(out_view.data_ptr<at::BFloat16>(), width, y.data_ptr<at::BFloat16>(), M, N, w0, w1);
+      else if (x.scalar_type() == at::kFloat) scatter_tile(out_view.data_ptr<float>(), width, y.data_ptr<float>(), M, N, w0, w1);
+      else scatter_tile(out_view.data_ptr<float>(), width, y.data_ptr<at::Half>(), M, N, w0, w1);
+    }
+  });
+  return y;
+}
+
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(minimoe, CPU, m) { m.impl("awq_gemm", &cpu::awq_gemm_cpu); }
+
+}  // namespace minimoe

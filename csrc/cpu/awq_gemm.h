@@ -1,0 +1,53 @@
+// awq_gemm.h - the contract between the CPU AWQ GEMM driver (awq_gemm.cpp) and its per-ISA kernels.
+//
+// Plain C++ on purpose: no torch headers, so a per-ISA file (awq_gemm_avx512.cpp) compiles in seconds and a
+// reader sees exactly what a kernel gets: raw pointers and sizes, nothing else.
+//
+// Two kinds of kernel work on a range of packed qweight columns ("words", 8 output channels each):
+//   decode  (small M): stream the int4 words once and multiply-accumulate straight from the nibbles;
+//   tile    (large M): dequantize a [K, columns] slice of W^T into a small fp32/bf16 buffer that a BLAS GEMM
+//                      then multiplies, so the unpacking is paid once for all M rows.
+// Both work on fixed blocks of 16 words = 128 channels, which is one AVX-512 register of words.
+#pragma once
+
+#include <cstdint>
+
+namespace minimoe {
+namespace cpu {
+
+// One block = 16 packed words = 128 output channels. The tile layout and the decode tiling are built on it,
+// and every thread boundary falls on a block boundary, so results cannot depend on the thread count.
+constexpr int64_t kBlockWords = 16;
+constexpr int64_t kBlockChannels = 8 * kBlockWords;  // 128
+
+struct AwqGemmArgs {
+  const float* x;           // [M, K] activations, converted to fp32 by the driver (exact for bf16/fp16)
+  const float* xsum;        // [M, K/G]: xsum[m, g] = sum of x[m, k] over group g, summed left to right
+  const uint32_t* qweight;  // [K, N/8] packed codes (read as unsigned: no sign smearing on shifts)
+  const uint32_t* qzeros;   // [K/G, N/8] packed zero points
+  const void* scales;       // [K/G, N]: float16 for the AVX-512 kernels; the scalar kernels also read bf16/fp32
+  int64_t M, K, N, G;
+};
+
+// "Packed order" inside a block, used by both kernels: position i * 16 + l holds channel 8 * (w0 + l) + ORDER[i]
+// (word l of the block, nibble i of that word). It is the order in which a vector register naturally holds
+// nibbles after one shift; un-permuting it to channel order happens once per output, never per weight.
+inline int64_t channel_of_packed_position(int64_t block_first_word, int64_t position) {
+  const int64_t nibble = position / kBlockWords, lane = position % kBlockWords;
+  return 8 * (block_first_word + lane) + ((nibble & 3) * 2 + (nibble >> 2));  // ORDER[i] = (i%4)*2 + i/4
+}
+
+// True when this binary has the AVX-512 kernels and the CPU running it can execute them.
+bool avx512_available();
+
+// y[m, 8*word_begin .. 8*word_end) (fp32, row stride N) = x @ W^T for those columns, all M rows.
+// word_begin must be a multiple of kBlockWords; word_end may cut the last block short (N % 128 != 0).
+void decode_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, float* y);
+
+// Dequantize W^T[:, columns of words word_begin..word_end) into `tile`, [K, blocks * 128] row-major,
+// each block of 128 columns in packed order; lanes past word_end are written as 0. bf16 == true writes
+// bfloat16 (round to nearest even from the exact fp32 value), else fp32 (exact: (q - z) * s fits fp32).
+void dequant_tile_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, void* tile, bool bf16);
+
+}  // namespace cpu
+}  // namespace minimoe

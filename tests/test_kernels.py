@@ -1,0 +1,271 @@
+"""The compiled AWQ GEMM kernels against the pure-PyTorch spec (minimoe.awq.awq_linear_reference).
+
+Every test is parametrised over devices() (the CPU always; CUDA as a case that skips without a GPU), so a CUDA
+kernel registered under torch.ops.minimoe.awq_gemm is held to the same properties as the CPU one.
+
+How close is close enough, stated once (see `assert_matches_reference`):
+  * The kernel and the reference both compute in fp32 but add in different orders (and the CPU kernel folds the
+    zero point into a per-group correction), so they differ by fp32 rounding, which grows with the sum of the
+    magnitudes of the terms added. The bound used is 2^-20 (8 fp32 ulps) times |x| @ (31 s), where 31 s bounds
+    every term either formulation adds (|q - z|, q + 16 and z + 16 are all <= 31). Observed fp32 errors sit 5-10x
+    below it.
+  * bf16 and fp16 outputs are rounded once at the end by both sides; two roundings of nearly equal fp32 values can
+    land one ulp apart, so add one ulp of the output dtype (2^-7 / 2^-10 relative, 2^-24 absolute for fp16
+    subnormals). That ulp is what observed bf16/fp16 errors mostly are.
+  * bf16 activations may take the AMX prefill path, which multiplies weights rounded to bf16 (as torch.matmul on
+    bf16-dequantized weights would): add 2^-8 |x| @ |W|, the bound for rounding every weight once.
+NaN or inf never passes: comparisons against NaN are False, and finiteness is asserted first.
+"""
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minimoe import awq, ops
+from tests.conftest import devices
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ULP = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}  # one ulp, relative
+ULP_FLOOR = {torch.float32: 0.0, torch.bfloat16: 0.0, torch.float16: 2.0**-24}  # fp16's subnormal step
+
+
+def examples(count):
+    """`count` examples under the "ci" profile (20 examples); other profiles scale it (see conftest.py)."""
+    scale = settings.default.max_examples / 20
+    return settings(max_examples=max(1, round(count * scale)), deadline=None)
+
+
+def require_kernel(device):
+    if device not in ops.build_info()["kernels"].get("awq_gemm", []):
+        pytest.fail(f"no compiled awq_gemm kernel for {device}: build_info() = {ops.build_info()}")
+
+
+def random_awq(K, N, G, seed, device, scale_dtype=torch.float16):
+    """Fresh random packed tensors: any codes, any zeros, positive scales of a realistic size (1e-3 .. 2e-2),
+    and a random activation spread (0.1 .. 10.1) for random_x."""
+    g = torch.Generator().manual_seed(seed)
+    qweight = awq.pack(torch.randint(0, 16, (K, N), generator=g))
+    qzeros = awq.pack(torch.randint(0, 16, (K // G, N), generator=g))
+    scales = (torch.rand(K // G, N, generator=g) * 0.02 + 1e-3).to(scale_dtype)
+    spread = 0.1 + 10 * float(torch.rand(1, generator=g))  # how large this example's activations are
+    return qweight.to(device), qzeros.to(device), scales.to(device), spread
+
+
+def random_x(shape, dtype, seed, device, spread=1.0):
+    g = torch.Generator().manual_seed(seed ^ 0x5EED)
+    return (torch.randn(*shape, generator=g) * spread).to(dtype).to(device)
+
+
+def call_kernel(x, qweight, qzeros, scales, G):
+    """Run the op with the allocator's free memory poisoned: the op allocates its own output, so fill and free
+    a tensor of the output's size first; an output element the kernel forgets to write then likely reads NaN."""
+    N = scales.shape[1]
+    poison = torch.full((max(1, x.shape[0]), N), float("nan"), dtype=x.dtype, device=x.device)
+    del poison
+    return torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, G)
+
+
+def assert_matches_reference(y, x, qweight, qzeros, scales, G):
+    assert y.dtype == x.dtype, f"output dtype {y.dtype}, expected x's {x.dtype}"
+    assert y.shape == (*x.shape[:-1], scales.shape[1]), f"output shape {tuple(y.shape)}"
+    assert torch.isfinite(y).all(), "kernel output has NaN or inf"
+    ref = awq.awq_linear_reference(x, qweight, qzeros, scales, G).float()
+    x32 = x.float().reshape(-1, x.shape[-1])
+    w32 = awq.dequantize(qweight, qzeros, scales, G, dtype=torch.float32)
+    s_rows = scales.float().repeat_interleave(G, dim=0)  # [K, N]: the scale of each weight
+    allowed = 2.0**-20 * (x32.abs() @ (31 * s_rows))
+    if x.dtype == torch.bfloat16:
+        allowed += 2.0**-8 * (x32.abs() @ w32.abs())
+    allowed = allowed.reshape(ref.shape) + ULP[x.dtype] * ref.abs() + ULP_FLOOR[x.dtype]
+    err = (y.float() - ref).abs()
+    bad = ~(err <= allowed)
+    if bad.any():
+        i = tuple(int(v) for v in bad.nonzero()[0])
+        raise AssertionError(f"{int(bad.sum())} of {err.numel()} outputs off; first at {i}: kernel "
+                             f"{float(y.float()[i])}, reference {float(ref[i])}, allowed {float(allowed[i])}")
+
+
+# ----------------------------------------------------------------------------------------- the property
+
+
+@pytest.mark.parametrize("device", devices())
+@examples(40)
+@given(
+    M=st.sampled_from([0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 40]),
+    groups=st.integers(1, 6),
+    G=st.sampled_from([32, 64, 128, "K"]),
+    words=st.integers(1, 80),  # N = 8 .. 640: one short block, several blocks, more than one 512-wide tile
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_matches_reference(device, M, groups, G, words, dtype, seed):
+    require_kernel(device)
+    K = groups * (128 if G == "K" else G)
+    G = K if G == "K" else G
+    N = 8 * words
+    qweight, qzeros, scales, spread = random_awq(K, N, G, seed, device)
+    x = random_x((M, K), dtype, seed, device, spread)
+    y = call_kernel(x, qweight, qzeros, scales, G)
+    assert_matches_reference(y, x, qweight, qzeros, scales, G)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_real_layer_shape_decode(device):
+    # One real 4096 x 4096 layer (q_proj / o_proj of Confinus-2x7B) at M = 1, G = 128.
+    require_kernel(device)
+    qweight, qzeros, scales, _ = random_awq(4096, 4096, 128, 7, device)
+    x = random_x((1, 4096), torch.float32, 7, device)
+    assert_matches_reference(call_kernel(x, qweight, qzeros, scales, 128), x, qweight, qzeros, scales, 128)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_empty_batch_returns_empty(device):
+    require_kernel(device)
+    qweight, qzeros, scales, _ = random_awq(128, 64, 128, 1, device)
+    for dtype in DTYPES:
+        y = torch.ops.minimoe.awq_gemm(torch.empty(0, 128, dtype=dtype, device=device), qweight, qzeros, scales, 128)
+        assert y.shape == (0, 64) and y.dtype == dtype
+
+
+@pytest.mark.parametrize("device", devices())
+def test_leading_batch_dims_through_ops(device):
+    # minimoe.ops.awq_gemm takes [..., K] like nn.Linear and flattens the leading dims for the op.
+    require_kernel(device)
+    qweight, qzeros, scales, _ = random_awq(256, 72, 64, 2, device)
+    for shape in [(256,), (2, 3, 256), (2, 1, 9, 256)]:
+        x = random_x(shape, torch.float32, 3, device)
+        y = ops.awq_gemm(x, qweight, qzeros, scales, 64)
+        assert y.shape == (*shape[:-1], 72)
+        assert_matches_reference(y, x, qweight, qzeros, scales, 64)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_non_contiguous_inputs(device):
+    require_kernel(device)
+    qweight, qzeros, scales, _ = random_awq(256, 128, 128, 4, device)
+    x = random_x((256, 5), torch.float32, 4, device).t()  # [5, 256], column-major
+    q_nc = qweight.t().contiguous().t()  # same values, transposed strides
+    assert not x.is_contiguous() and not q_nc.is_contiguous()
+    assert_matches_reference(call_kernel(x, q_nc, qzeros, scales, 128), x, qweight, qzeros, scales, 128)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("scale_dtype", [torch.bfloat16, torch.float32])
+def test_other_scale_dtypes(device, scale_dtype):
+    require_kernel(device)
+    qweight, qzeros, scales, _ = random_awq(256, 136, 64, 5, device, scale_dtype=scale_dtype)
+    for M in (1, 40):
+        x = random_x((M, 256), torch.float32, 5, device)
+        assert_matches_reference(call_kernel(x, qweight, qzeros, scales, 64), x, qweight, qzeros, scales, 64)
+
+
+# --------------------------------------------------------------------- determinism and the two CPU paths
+
+
+@pytest.mark.parametrize("M", [1, 3, 40])  # decode (one and several rows of x) and prefill (bf16 at 40)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bitwise_identical_across_thread_counts_cpu(M, dtype):
+    require_kernel("cpu")
+    # N spans several tiles so that two threads really split it.
+    qweight, qzeros, scales, _ = random_awq(384, 8 * 300, 128, 6, "cpu")
+    x = random_x((M, 384), dtype, 6, "cpu")
+    before = torch.get_num_threads()
+    try:
+        outputs = []
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            outputs.append(torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 128))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+
+
+def has_avx512_kernels():
+    os.environ["MINIMOE_CPU_ISA"] = "avx512"
+    try:
+        torch.ops.minimoe.awq_gemm(torch.zeros(1, 32), *random_awq(32, 8, 32, 0, "cpu")[:3], 32)
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        del os.environ["MINIMOE_CPU_ISA"]
+
+
+@pytest.mark.parametrize("path", ["decode", "prefill"])
+@pytest.mark.parametrize("isa", ["scalar", "avx512"])
+@examples(10)
+@given(M=st.sampled_from([1, 3, 5, 40]), words=st.integers(1, 70), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**32 - 1))
+def test_each_cpu_kernel_matches_reference(isa, path, M, words, dtype, seed):
+    # MINIMOE_CPU_ISA and MINIMOE_CPU_PATH (read on every call) force one kernel family and one path, so all
+    # four combinations are checked on an AVX-512 machine, at any M.
+    require_kernel("cpu")
+    if isa == "avx512" and not has_avx512_kernels():
+        pytest.skip("this CPU (or build) has no AVX-512")
+    qweight, qzeros, scales, spread = random_awq(192, 8 * words, 64, seed, "cpu")
+    x = random_x((M, 192), dtype, seed, "cpu", spread)
+    os.environ["MINIMOE_CPU_ISA"], os.environ["MINIMOE_CPU_PATH"] = isa, path
+    try:
+        y = call_kernel(x, qweight, qzeros, scales, 64)
+    finally:
+        del os.environ["MINIMOE_CPU_ISA"], os.environ["MINIMOE_CPU_PATH"]
+    assert_matches_reference(y, x, qweight, qzeros, scales, 64)
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("MINIMOE_CPU_ISA", "sse9", "MINIMOE_CPU_ISA must be auto, avx512 or scalar, found 'sse9'"),
+    ("MINIMOE_CPU_PATH", "fast", "MINIMOE_CPU_PATH must be auto, decode or prefill, found 'fast'"),
+])
+def test_unknown_kernel_choice_is_refused(monkeypatch, variable, value, message):
+    require_kernel("cpu")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.minimoe.awq_gemm(torch.zeros(1, 32), *random_awq(32, 8, 32, 0, "cpu")[:3], 32)
+
+
+# ------------------------------------------------------------------------------ every check, from Python
+
+
+def _bad_calls():
+    """(description, kwargs override, message regex). Base call: x [2, 256], K = 256, N = 64, G = 64."""
+    return [
+        ("x int", dict(x=torch.zeros(2, 256, dtype=torch.int32)), r"x must be float32, bfloat16 or float16, found Int"),
+        ("x float64", dict(x=torch.zeros(2, 256, dtype=torch.float64)), r"x must be float32, bfloat16 or float16, found Double"),
+        ("x 3-D", dict(x=torch.zeros(1, 2, 256)), r"x must be 2-D, found 3-D with shape \[1, 2, 256\]"),
+        ("x wrong K", dict(x=torch.zeros(2, 255)), r"x must be \[M, K\] with K = qweight.size\(0\) = 256, found shape \[2, 255\]"),
+        ("qweight float", dict(qweight=torch.zeros(256, 8)), r"qweight must be int32 \(8 packed 4-bit codes\), found Float"),
+        ("qweight 1-D", dict(qweight=torch.zeros(256, dtype=torch.int32)), r"qweight must be 2-D, found 1-D"),
+        ("qweight empty", dict(qweight=torch.zeros(256, 0, dtype=torch.int32)), r"qweight must be \[K, N/8\] with K >= 1 and N/8 >= 1"),
+        ("qzeros int64", dict(qzeros=torch.zeros(4, 8, dtype=torch.int64)), r"qzeros must be int32 \(8 packed 4-bit zeros\), found Long"),
+        ("qzeros shape", dict(qzeros=torch.zeros(4, 9, dtype=torch.int32)), r"qzeros must be \[K/G, N/8\] = \[4, 8\], found shape \[4, 9\]"),
+        ("scales int", dict(scales=torch.zeros(4, 64, dtype=torch.int16)), r"scales must be float16 \(or bfloat16/float32\), found Short"),
+        ("scales rows", dict(scales=torch.zeros(2, 64, dtype=torch.float16)), r"scales must be \[K/G, N\] = \[4, 64\] .*found shape \[2, 64\]"),
+        ("scales cols (N % 8)", dict(scales=torch.zeros(4, 60, dtype=torch.float16)), r"scales must be \[K/G, N\] = \[4, 64\] \(N = 8 \* qweight.size\(1\), so N % 8 == 0\), found shape \[4, 60\]"),
+        ("group_size 0", dict(group_size=0), r"group_size must be positive, found 0"),
+        ("group_size -1", dict(group_size=-1), r"group_size must be positive, found -1"),
+        ("K % G", dict(group_size=96), r"group_size 96 must divide K = 256, found remainder 64"),
+    ]
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("case", _bad_calls(), ids=lambda case: case[0])
+def test_every_argument_check_fires(device, case):
+    require_kernel(device)
+    _, override, message = case
+    qweight, qzeros, scales, _ = random_awq(256, 64, 64, 0, "cpu")
+    args = dict(x=torch.zeros(2, 256), qweight=qweight, qzeros=qzeros, scales=scales, group_size=64)
+    args.update(override)
+    moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.minimoe.awq_gemm(moved["x"], moved["qweight"], moved["qzeros"], moved["scales"], moved["group_size"])
+
+
+@pytest.mark.cuda
+def test_device_mismatch_is_refused():
+    # x on the GPU, weights on the CPU (needs a GPU to construct).
+    qweight, qzeros, scales, _ = random_awq(256, 64, 64, 0, "cpu")
+    with pytest.raises(RuntimeError, match="(?i)(device|cuda|cpu)"):
+        torch.ops.minimoe.awq_gemm(torch.zeros(2, 256, device="cuda"), qweight, qzeros, scales, 64)
