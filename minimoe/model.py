@@ -132,12 +132,16 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)          # (B, Hkv, L, D)
-        q = q.view(B, Hkv, H // Hkv, T, D)                       # query heads grouped by their kv head
-        scores = torch.matmul(q, k[:, :, None].transpose(-1, -2)) * self.scale   # (B, Hkv, H/Hkv, T, L)
-        scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+        G, L = H // Hkv, k.shape[2]
+        # Query heads grouped by their kv head: rows (g, t) of one (G*T, D) matrix per kv head. k and v are
+        # used as they sit in the cache (a strided view): one batched matmul per kv head, no copy of the
+        # cache, which would cost O(L) bytes per layer per decoded token.
+        q = q.reshape(B, Hkv, G * T, D)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale              # (B, Hkv, G*T, L)
+        scores = scores.view(B, Hkv, G, T, L).masked_fill(~mask[:, None, None], float("-inf"))
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs, v[:, :, None])                 # (B, Hkv, H/Hkv, T, D)
-        out = out.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
+        out = torch.matmul(probs.view(B, Hkv, G * T, L), v)                     # (B, Hkv, G*T, D)
+        out = out.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
         return self.o_proj(out)
 
 
