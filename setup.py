@@ -10,6 +10,9 @@ Environment knobs:
     TORCH_CUDA_ARCH_LIST       GPU targets (default "8.0;9.0": A100-class and H100/H200). sm_80 is the minimum:
                                the kernels use cp.async, ldmatrix and bf16 mma, and stop the build below it.
     MAX_JOBS                   parallel compile jobs for ninja
+    MINIMOE_SKIP_EXTENSION=1   install the Python package only (the Makefile then builds the extension in place
+                               with `setup.py build_ext --inplace`, so the compile happens once and later
+                               rebuilds are incremental)
 
 setup.py imports torch, so install with `pip install --no-build-isolation -e ".[dev]"` (the Makefile does).
 """
@@ -170,7 +173,12 @@ def extensions():
 
 # Guarded so the tests can import this file for find_cuda_toolkit() without building anything.
 if __name__ == "__main__":
-    ext_modules, build_ext = extensions()
+    if os.environ.get("MINIMOE_SKIP_EXTENSION") == "1":
+        from setuptools.command.build_ext import build_ext
+
+        ext_modules = []
+    else:
+        ext_modules, build_ext = extensions()
 
     setup(
         name="minimoe",
