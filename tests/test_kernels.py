@@ -167,20 +167,42 @@ def test_other_scale_dtypes(device, scale_dtype):
 
 @pytest.mark.parametrize("M", [1, 3, 40])  # decode (one and several rows of x) and prefill (bf16 at 40)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_bitwise_identical_across_thread_counts_cpu(M, dtype):
+@pytest.mark.parametrize("K,G", [(384, 128), (2048, 32)])  # decode cuts K into 1 chunk / 8 chunks of groups
+def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G, request):
     require_kernel("cpu")
+    if M == 40 and K == 2048:
+        # Known bug, kept visible: the prefill path hands each tile to torch's GEMM (MKL/oneDNN), whose result
+        # depends on the thread count once K is large enough (torch.mm itself does, see the test below).
+        request.applymarker(pytest.mark.xfail(strict=True, reason="prefill GEMM result depends on thread count"))
     # N spans several tiles so that two threads really split it.
-    qweight, qzeros, scales, _ = random_awq(384, 8 * 300, 128, 6, "cpu")
-    x = random_x((M, 384), dtype, 6, "cpu")
+    qweight, qzeros, scales, _ = random_awq(K, 8 * 300, G, 6, "cpu")
+    x = random_x((M, K), dtype, 6, "cpu")
     before = torch.get_num_threads()
     try:
         outputs = []
         for threads in (1, 2, 1):
             torch.set_num_threads(threads)
-            outputs.append(torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 128))
+            outputs.append(torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, G))
     finally:
         torch.set_num_threads(before)
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+    assert_matches_reference(outputs[0], x, qweight, qzeros, scales, G)
+
+
+def test_torch_mm_itself_depends_on_thread_count_at_this_size():
+    # Why the prefill case above is an expected failure: the BLAS GEMM under it is not thread-count invariant.
+    a, b = torch.randn(40, 2048), torch.randn(2048, 512)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.mm(a, b)
+        torch.set_num_threads(2)
+        two = torch.mm(a, b)
+    finally:
+        torch.set_num_threads(before)
+    if before < 2 or torch.equal(one, two):
+        pytest.skip("this BLAS build/machine happens to be thread-count invariant here")
+    assert not torch.equal(one, two)
 
 
 def has_avx512_kernels():

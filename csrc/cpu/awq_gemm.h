@@ -40,9 +40,11 @@ inline int64_t channel_of_packed_position(int64_t block_first_word, int64_t posi
 // True when this binary has the AVX-512 kernels and the CPU running it can execute them.
 bool avx512_available();
 
-// y[m, 8*word_begin .. 8*word_end) (fp32, row stride N) = x @ W^T for those columns, all M rows.
+// y[m, 8*word_begin .. 8*word_end) (fp32, row stride N) = the part of x @ W^T that comes from groups
+// group_begin..group_end (rows k = G*group_begin .. G*group_end of W^T), for those columns, all M rows.
 // word_begin must be a multiple of kBlockWords; word_end may cut the last block short (N % 128 != 0).
-void decode_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, float* y);
+void decode_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, int64_t group_begin,
+                   int64_t group_end, float* y);
 
 // Dequantize W^T[:, columns of words word_begin..word_end) into `tile`, [K, blocks * 128] row-major,
 // each block of 128 columns in packed order; lanes past word_end are written as 0. bf16 == true writes

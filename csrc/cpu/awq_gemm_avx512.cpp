@@ -177,7 +177,8 @@ MINIMOE_AVX512 inline __mmask16 lanes_of(int64_t words_in_block) {
 
 }  // namespace
 
-MINIMOE_AVX512 void decode_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, float* y) {
+MINIMOE_AVX512 void decode_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, int64_t group_begin,
+                                  int64_t group_end, float* y) {
   const int64_t words = a.N / 8, groups = a.K / a.G;
   const int64_t blocks = (word_end - word_begin + kBlockWords - 1) / kBlockWords;
   const int64_t width = blocks * kBlockChannels;  // floats per row of x in the buffers below
@@ -187,7 +188,7 @@ MINIMOE_AVX512 void decode_avx512(const AwqGemmArgs& a, int64_t word_begin, int6
   std::vector<float> dot(a.M * width), y_acc(a.M * width, 0.0f);
   const __m512 sixteen = _mm512_set1_ps(16.0f);
 
-  for (int64_t g = 0; g < groups; ++g) {
+  for (int64_t g = group_begin; g < group_end; ++g) {
     std::fill(dot.begin(), dot.end(), 0.0f);
     for (int64_t k0 = g * a.G; k0 < (g + 1) * a.G; k0 += kDecodeRowChunk) {
       const int64_t rows = std::min(kDecodeRowChunk, (g + 1) * a.G - k0);
@@ -303,7 +304,7 @@ MINIMOE_AVX512 void dequant_tile_avx512(const AwqGemmArgs& a, int64_t word_begin
 namespace minimoe {
 namespace cpu {
 bool avx512_available() { return false; }
-void decode_avx512(const AwqGemmArgs&, int64_t, int64_t, float*) {}
+void decode_avx512(const AwqGemmArgs&, int64_t, int64_t, int64_t, int64_t, float*) {}
 void dequant_tile_avx512(const AwqGemmArgs&, int64_t, int64_t, void*, bool) {}
 }  // namespace cpu
 }  // namespace minimoe
