@@ -21,6 +21,7 @@ from minimoe.tokenizer import (
     NORMAL,
     UNUSED,
     USER_DEFINED,
+    HFTokenizer,
     Tokenizer,
     TokenizerError,
     _decode_byte_run,
@@ -548,16 +549,351 @@ def test_load_paths(model_path, tmp_path):
     assert load_tokenizer(tmp_path).encode("Hello world") == [1, 22557, 1526]
 
 
-def test_tokenizer_json_is_refused_with_the_reason(model_path, tmp_path):
-    # minimoe reads tokenizer.model only (a tokenizer.json's ids are not sentencepiece's: docs/tokenizer.md).
-    hf = {"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "added_tokens": []}
-    (tmp_path / "tokenizer.json").write_text(json.dumps(hf))
-    with pytest.raises(TokenizerError, match=r"tokenizer\.json \(BPE model\); minimoe reads SentencePiece"):
-        load_tokenizer(tmp_path)  # a directory with only a tokenizer.json
-    with pytest.raises(TokenizerError, match="tokenizer.model"):
-        load_tokenizer(tmp_path / "tokenizer.json")
-    (tmp_path / "other.json").write_text("[1, 2]")
+# -----------------------------------------------------------------------------------------------------------
+# tokenizer.json: parity with Hugging Face `tokenizers` running the same file
+# -----------------------------------------------------------------------------------------------------------
+# A tokenizer.json is run with the rules of `tokenizers` (merge ranks, Metaspace, added tokens cut from the text,
+# the file's decoder chain), so the reference here is `tokenizers.Tokenizer.from_file`, not sentencepiece: a file
+# converted from the same tokenizer.model does not tokenize like sentencepiece (docs/tokenizer.md).
+LLAMA_DECODER = {"type": "Sequence", "decoders": [
+    {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+LEGACY_NORMALIZER = {"type": "Sequence", "normalizers": [
+    {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+BOS_TEMPLATE = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+
+
+def _convert_with_transformers(model_path, sp, *, legacy, by_score=False):
+    """tokenizer.json (as a dict) written by transformers' converter for a SentencePiece BPE model.
+
+    transformers 5 converts with SentencePieceExtractor (vocab = pieces in id order, merges = generate_merges)
+    and builds LlamaTokenizer(vocab, merges, legacy). The extractor needs the `protobuf` package only to read
+    the .model file; without it we read the pieces with sentencepiece and call the same two functions, which
+    writes the same file byte for byte (checked with protobuf installed). by_score=True passes the piece scores
+    to generate_merges, which orders merges by score as the older converter did (Mistral's Hub file).
+    """
+    transformers = pytest.importorskip("transformers", reason="transformers writes the tokenizer.json")
+    from transformers.tokenization_utils_base import generate_merges
+
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    scores = {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())} if by_score else None
+    tk = transformers.LlamaTokenizerFast(vocab=vocab, merges=generate_merges(vocab, scores), legacy=legacy)
+    return json.loads(tk.backend_tokenizer.to_str())
+
+
+@pytest.fixture(scope="module")
+def hf_files(model_path, sp, tmp_path_factory):
+    """name -> path of a tokenizer.json made from Mistral's tokenizer.model, in the shapes found in the wild."""
+    pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is the reference for tokenizer.json")
+    folder = tmp_path_factory.mktemp("hf")
+    ranked = _convert_with_transformers(model_path, sp, legacy=False)
+    files = {
+        # transformers 5: merges in piece-id order, Metaspace prepend "first" / "always", no <s> template
+        "transformers5": ranked,
+        "transformers5-legacy": _convert_with_transformers(model_path, sp, legacy=True),
+        # the older converter, as on the Hub for Mistral-7B: merges by score, Prepend + Replace normaliser,
+        # no pre-tokenizer, and a post-processor that puts <s> in front
+        "hub-style": {**_convert_with_transformers(model_path, sp, legacy=True, by_score=True),
+                      "normalizer": LEGACY_NORMALIZER, "pre_tokenizer": None, "post_processor": BOS_TEMPLATE},
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / name / "tokenizer.json"
+        paths[name].parent.mkdir()
+        paths[name].write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def hf_pair(hf_files):
+    """name -> (minimoe's HFTokenizer, tokenizers.Tokenizer), both loaded from the same file."""
+    import tokenizers
+
+    return {name: (load_tokenizer(path), tokenizers.Tokenizer.from_file(str(path))) for name, path in hf_files.items()}
+
+
+def assert_same_as_hf(tok, hf, texts, *, label=""):
+    """ids (bos=False and bos=True) and decoded text identical to tokenizers on every text."""
+    failures = []
+    template_adds_bos = hf.encode("x").ids[:1] == [tok.bos_id]
+    for text in texts:
+        want = hf.encode(text, add_special_tokens=False).ids
+        got = tok.encode(text, bos=False)
+        if got != want:
+            failures.append(f"ids for {text!r}: tokenizers {want[:16]}, minimoe {got[:16]}")
+            continue
+        # bos=True puts the post-processor's <s> in front, or <s> by name if the template adds nothing
+        if tok.encode(text) != (hf.encode(text).ids if template_adds_bos else [tok.bos_id] + want):
+            failures.append(f"bos ids for {text!r}")
+        if tok.decode(got) != hf.decode(want, skip_special_tokens=True):
+            failures.append(f"decode of {text!r}: tokenizers {hf.decode(want, skip_special_tokens=True)!r},"
+                            f" minimoe {tok.decode(got)!r}")
+    assert not failures, f"{label}{len(failures)} of {len(texts)} differ:\n" + "\n".join(failures[:10])
+
+
+HF_NAMES = ["transformers5", "transformers5-legacy", "hub-style"]
+
+
+@pytest.mark.parametrize("name", HF_NAMES)
+def test_tokenizer_json_matches_tokenizers_on_corpus(hf_pair, name):
+    tok, hf = hf_pair[name]
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size == hf.get_vocab_size() == 32000
+    assert (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, None)  # these files have unk_token null
+    assert_same_as_hf(tok, hf, CORPUS, label=f"{name}: ")
+
+
+@pytest.mark.parametrize("name", ["transformers5", "hub-style"])
+@settings(max_examples=MANY)
+@given(text=st.one_of(st.text(), st.lists(TRICKY, max_size=20).map("".join)))
+def test_hypothesis_tokenizer_json_matches_tokenizers(hf_pair, name, text):
+    tok, hf = hf_pair[name]
+    assert_same_as_hf(tok, hf, [text], label=f"{name}: ")
+
+
+@pytest.mark.parametrize("name", ["transformers5", "hub-style"])
+@settings(max_examples=MANY)
+@given(ids=st.lists(ANY_ID, max_size=24))
+def test_hypothesis_tokenizer_json_decode_and_stream(hf_pair, name, ids):
+    tok, hf = hf_pair[name]
+    assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True)
+    stream = tok.stream_decoder()
+    assert "".join([stream.push(i) for i in ids]) + stream.flush() == tok.decode(ids)
+
+
+def test_tokenizer_json_with_added_tokens_matches_tokenizers(spm_module):
+    # Mistral's v7 tokenizer: CONTROL pieces ([INST], [TOOL_CALLS]...) and USER_DEFINED ones, which
+    # transformers' extractor writes as added tokens, special and not special. Typed in the text they become
+    # their ids; decode skips the special ones and prints the others.
+    tokenizers = pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is the reference")
+    path = _mistral_data("mistral_instruct_tokenizer_241114.model.v7")
+    sp = spm_module.SentencePieceProcessor(model_file=path)
+    data = _convert_with_transformers(path, sp, legacy=False)
+    types = load_tokenizer(path)
+    added = [(i, types.piece_type(i)) for i in range(3, types.vocab_size)
+             if types.piece_type(i) in ("CONTROL", "USER_DEFINED")]
+    assert len(added) > 100 and {kind for _, kind in added} == {"CONTROL", "USER_DEFINED"}
+    data["added_tokens"] += [{"id": i, "content": sp.id_to_piece(i), "single_word": False, "lstrip": False,
+                              "rstrip": False, "normalized": False, "special": kind == "CONTROL"}
+                             for i, kind in added]
+    hf = tokenizers.Tokenizer.from_str(json.dumps(data))
+    tok = HFTokenizer.from_json(data, "v7")
+    names = [sp.id_to_piece(i) for i, _ in added]
+    rng = random.Random(7)
+    texts = CORPUS[:600] + [" ".join(rng.choice(names + ["x", "[", "]", "", "REF"]) for _ in range(rng.randint(1, 6)))
+                            for _ in range(200)]
+    assert_same_as_hf(tok, hf, texts, label="v7: ")
+
+
+def test_tokenizer_json_is_not_sentencepiece(hf_pair, tok):
+    # Why the reference is tokenizers: the transformers 5 file merges "▁▁" first (its merges are in piece-id
+    # order, and "▁▁" is piece 259) and types "<s>" in a prompt as the control id; decode skips <unk>.
+    json_tok, _ = hf_pair["transformers5"]
+    pieces = [json_tok.id_to_piece(i) for i in json_tok.encode("hello  world", bos=False)]
+    assert pieces == ["▁hell", "o", "▁▁", "world"]
+    assert [tok.id_to_piece(i) for i in tok.encode("hello  world", bos=False)] == ["▁hell", "o", "▁", "▁world"]
+    assert json_tok.encode("a<s>", bos=False) == [tok.piece_to_id("▁a"), 1]
+    assert json_tok.decode([0, 22557]) == "Hello" and tok.decode([0, 22557]) == " ⁇  Hello"
+
+
+def test_tokenizer_json_chunking_and_streaming(hf_pair):
+    tok, _ = hf_pair["transformers5"]
+    assert tok.chunked
+    whole = HFTokenizer.from_json(json.loads(open(tok.source, encoding="utf-8").read()), "whole")
+    whole.chunked = False
+    for text in CORPUS[:400]:
+        assert tok.encode(text) == whole.encode(text), text
+    # ByteFallback decodes a run of byte tokens as a whole (one U+FFFD per byte if any part is invalid), so
+    # the stream holds the run until a token that is not a byte ends it.
+    ids = tok.encode("🤖本", bos=False)
+    assert [tok.id_to_piece(i) for i in ids] == ["▁", "<0xF0>", "<0x9F>", "<0xA4>", "<0x96>", "本"]
+    stream = tok.stream_decoder()
+    assert [stream.push(i) for i in ids] == ["", "", "", "", "", "🤖本"]  # the leading space is Strip'ped
+    assert stream.flush() == ""
+    assert stream.push(3 + 0xF0) == "" and stream.push(3 + 0x9F) == "" and stream.flush() == "\ufffd\ufffd"
+    assert tok.decode([3 + 0xE6, 3 + 0x97, 3 + 0xA5, 3 + 0xFF]) == "\ufffd" * 4  # sentencepiece: "日\ufffd"
+
+
+# A hand-written tokenizer.json: every expected id below is derived by hand from the merge ranks.
+TINY_VOCAB = {"<unk>": 0, "<s>": 1, "</s>": 2, "\u2581": 3, "a": 4, "b": 5, "c": 6, "ab": 7, "bc": 8,
+              "\u2581a": 9, "abc": 10, "\u2581ab": 11, "<0xC3>": 12, "<0xA9>": 13, "\u2581\u2581": 14}
+TINY_MERGES = [["b", "c"],            # rank 0
+               ["a", "b"],            # rank 1
+               ["\u2581", "a"],       # rank 2
+               ["\u2581a", "b"],      # rank 3
+               ["a", "bc"],           # rank 4
+               ["ab", "c"],           # rank 5: "abc" again, from another pair
+               ["\u2581", "\u2581"]]  # rank 6
+
+
+def _tiny_json(**changes):
+    data = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i, c in enumerate(["<unk>", "<s>", "</s>"])],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False},
+        "post_processor": BOS_TEMPLATE,
+        "decoder": LLAMA_DECODER,
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": TINY_VOCAB, "merges": TINY_MERGES},
+    }
+    data.update(changes)
+    return data
+
+
+TINY_CASES = [
+    # "abc" -> "▁abc" -> ▁ a b c. Pairs: ▁a r2, ab r1, bc r0. bc (r0) first -> ▁ a bc, new pair a+bc r4;
+    # ab is stale; ▁a (r2) beats a+bc (r4) -> ▁a bc; "▁a"+"bc" is no merge. By score (sentencepiece, any
+    # split of a piece counts) "▁abc" is not a piece either, but the order would not be set by pairs.
+    ("abc", [9, 8]),
+    # " a": Metaspace turns the space into "▁" and then adds no second one (the text starts with "▁"): ▁a
+    (" a", [9]),
+    # "babc" -> ▁ b a b c: bc r0 -> ▁ b a bc; ab stale; a+bc r4 -> ▁ b abc; nothing else merges
+    ("babc", [3, 5, 10]),
+    # "a  b" -> "▁a▁▁b": ▁a r2 (leftmost of the r2s? only one), ▁▁ r6 -> ▁a ▁▁ b
+    ("a  b", [9, 14, 5]),
+    # "é" is not in the vocabulary: its bytes C3 A9 are, so ▁ <0xC3> <0xA9> (bytes replace it *before* merging)
+    ("é", [3, 12, 13]),
+    # "z" and its byte <0x7A> are unknown: <unk>, and "zz" fuses into one <unk> (fuse_unk)
+    ("zz", [3, 0]),
+    # "<s>" typed in the text is the added token; the segment after it is not at offset 0, so with prepend
+    # "first" it gets no "▁": a | <s> | b -> ▁a, <s>, b
+    ("a<s>b", [9, 1, 5]),
+    ("", []),
+]
+
+
+@pytest.mark.parametrize("text, want", TINY_CASES)
+def test_tiny_tokenizer_json_by_hand(tmp_path, text, want):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(_tiny_json()), encoding="utf-8")
+    tok = load_tokenizer(tmp_path)
+    assert isinstance(tok, HFTokenizer)
+    assert tok.encode(text, bos=False) == want
+    assert tok.encode(text) == [1] + want
+    try:
+        import tokenizers
+    except ImportError:
+        return
+    hf = tokenizers.Tokenizer.from_file(str(path))
+    assert hf.encode(text).ids == [1] + want  # the hand derivation agrees with the reference
+    assert tok.decode([1] + want) == hf.decode([1] + want, skip_special_tokens=True)
+
+
+def test_tiny_tokenizer_json_decode_by_hand():
+    tok = HFTokenizer.from_json(_tiny_json(), "tiny")
+    # <s> skipped; Replace: " a" "bc" " " "<0xC3>" "<0xA9>"; ByteFallback: C3 A9 is "é"; Fuse: " abc é";
+    # Strip removes the one leading space of the whole text.
+    assert tok.decode([1, 9, 8, 3, 12, 13]) == "abc é"
+    # a run that is not valid UTF-8 is one U+FFFD per byte; the text then starts with U+FFFD, nothing stripped
+    assert tok.decode([12, 9]) == "\ufffd a"
+    assert tok.decode([0, 2]) == ""  # special added tokens print nothing
+    assert (tok.piece_type(1), tok.piece_type(12), tok.piece_type(9)) == ("CONTROL", "BYTE", "NORMAL")
+
+
+def test_tokenizer_json_old_merge_format_and_split_metaspace():
+    # Older files write merges as "a b" strings and Metaspace without prepend_scheme (add_prefix_space) and
+    # with split=True by default: each "▁" starts a new word, so "a  b" -> ▁a | ▁ | ▁b, and ▁▁ cannot form.
+    data = _tiny_json(pre_tokenizer={"type": "Metaspace", "replacement": "\u2581", "add_prefix_space": True})
+    data["model"] = {**data["model"], "merges": [" ".join(m) for m in TINY_MERGES]}
+    tok = HFTokenizer.from_json(data, "old")
+    assert tok.encode("a  b", bos=False) == [9, 3, 3, 5]
+    assert tok.encode("<s>b", bos=False) == [1, 3, 5]  # "always": every segment gets its "▁"
+
+
+def _tiny_variant(model=None, **changes):
+    data = _tiny_json(**changes)
+    data["model"] = {**data["model"], **(model or {})}
+    return data
+
+
+_REPLACE_SPACE = {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}
+TINY_VARIANTS = {
+    "as written": _tiny_variant(),
+    "ignore_merges": _tiny_variant(model={"ignore_merges": True}),
+    "unk not fused": _tiny_variant(model={"fuse_unk": False}),
+    "no unk token (unknowns dropped)": _tiny_variant(model={"unk_token": None}),
+    "no byte fallback": _tiny_variant(model={"byte_fallback": False}),
+    "Metaspace always, split": _tiny_variant(pre_tokenizer={"type": "Metaspace", "replacement": "\u2581",
+                                                            "prepend_scheme": "always", "split": True}),
+    "Metaspace never": _tiny_variant(pre_tokenizer={"type": "Metaspace", "replacement": "\u2581",
+                                                    "prepend_scheme": "never", "split": False}),
+    "Prepend + Replace, no template": _tiny_variant(normalizer=LEGACY_NORMALIZER, pre_tokenizer=None,
+                                                    post_processor=None),
+    "no decoder (tokens joined by spaces)": _tiny_variant(decoder=None),
+    "Metaspace decoder after ByteFallback": _tiny_variant(decoder={"type": "Sequence", "decoders": [
+        {"type": "ByteFallback"}, {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always"}]}),
+    "Strip per token, no Fuse": _tiny_variant(decoder={"type": "Sequence", "decoders": [
+        _REPLACE_SPACE, {"type": "ByteFallback"}, {"type": "Strip", "content": " ", "start": 2, "stop": 0}]}),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(TINY_VARIANTS))
+def test_tiny_tokenizer_json_variants_match_tokenizers(variant):
+    tokenizers = pytest.importorskip("tokenizers", reason="Hugging Face tokenizers is the reference")
+    data = TINY_VARIANTS[variant]
+    hf = tokenizers.Tokenizer.from_str(json.dumps(data))
+    tok = HFTokenizer.from_json(data, variant)
+    rng = random.Random(5)
+    alphabet = ["a", "b", "c", "abc", " ", "  ", "\u2581", "é", "z", "<s>", "</s>", "\n"]
+    texts = ["", " ", "abc", " abc", "zz", "a<s>b"] + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(300)]
+    assert_same_as_hf(tok, hf, texts, label=f"{variant}: ")
+    for _ in range(300):
+        ids = [rng.randrange(len(TINY_VOCAB)) for _ in range(rng.randint(0, 8))]
+        stream = tok.stream_decoder()
+        assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=True), ids
+        assert "".join([stream.push(i) for i in ids]) + stream.flush() == tok.decode(ids), ids
+
+
+def _hf_refusal(tmp_path, data, message):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=message) as info:
+        load_tokenizer(tmp_path)
+    assert str(path) in str(info.value)
+
+
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model={"type": "WordPiece", "vocab": {"a": 0}, "unk_token": "[UNK]"}),
+     r"a WordPiece tokenizer\.json; minimoe supports SentencePiece-style BPE"),
+    (dict(model={"type": "Unigram", "vocab": [["a", -1.0]], "unk_id": 0}), r"a Unigram tokenizer\.json"),
+    (dict(pre_tokenizer=BYTE_LEVEL, decoder=BYTE_LEVEL), r"byte-level BPE .*GPT-2, Llama-3 and tekken"),
+    (dict(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": False}, BYTE_LEVEL]}),
+     "byte-level BPE"),
+    (dict(normalizer={"type": "NFKC"}), r"normalizer .*NFKC.* not supported"),
+    (dict(pre_tokenizer={"type": "Whitespace"}), "pre-tokenizer Whitespace is not supported"),
+    (dict(decoder={"type": "WordPiece", "prefix": "##", "cleanup": True}), "decoder .*WordPiece.* not supported"),
+    (dict(added_tokens=[{"id": 1, "content": "<s>", "lstrip": True, "special": True}]), "sets lstrip"),
+    (dict(truncation={"max_length": 8}), "'truncation' is set"),
+])
+def test_unsupported_tokenizer_json_is_named(tmp_path, change, message):
+    _hf_refusal(tmp_path, _tiny_json(**change), message)
+
+
+def test_malformed_tokenizer_json(tmp_path):
+    tiny = _tiny_json()
+    _hf_refusal(tmp_path, {**tiny, "model": {**tiny["model"], "merges": [["a", "z"]]}}, "'z', not in model.vocab")
+    _hf_refusal(tmp_path, {**tiny, "model": {**tiny["model"], "unk_token": "<oov>"}}, "unk_token '<oov>'")
+    (tmp_path / "tokenizer.json").write_text("[1, 2]")
     with pytest.raises(TokenizerError, match="not a Hugging Face tokenizer.json"):
-        load_tokenizer(tmp_path / "other.json")
+        load_tokenizer(tmp_path)
+    tok = HFTokenizer.from_json(tiny, "tiny")
+    with pytest.raises(TokenizerError, match=r"token id 15 is outside"):
+        tok.decode([15])  # tokenizers would drop it silently; minimoe names it, as for tokenizer.model
+
+
+def test_tokenizer_model_is_preferred_over_json(model_path, tmp_path):
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_tiny_json()), encoding="utf-8")
+    assert isinstance(load_tokenizer(tmp_path), HFTokenizer)  # only a tokenizer.json: it is used
     (tmp_path / "tokenizer.model").write_bytes(open(model_path, "rb").read())
-    assert load_tokenizer(tmp_path).vocab_size == 32000  # with both present, the .model is used
+    tok = load_tokenizer(tmp_path)  # both: the tokenizer.model, the reference format
+    assert type(tok) is Tokenizer and tok.vocab_size == 32000
+    assert isinstance(load_tokenizer(tmp_path / "tokenizer.json"), HFTokenizer)  # unless the file is named
