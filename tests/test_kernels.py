@@ -170,9 +170,10 @@ def test_other_scale_dtypes(device, scale_dtype):
 @pytest.mark.parametrize("K,G", [(384, 128), (2048, 32)])  # decode cuts K into 1 chunk / 8 chunks of groups
 def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G, request):
     require_kernel("cpu")
-    if M == 40 and K == 2048:
-        # Known bug, kept visible: the prefill path hands each tile to torch's GEMM (MKL/oneDNN), whose result
-        # depends on the thread count once K is large enough (torch.mm itself does, see the test below).
+    if M == 40 and K == 2048 and dtype == torch.float32:
+        # Known bug, kept visible: the fp32 prefill path hands each tile to torch's GEMM (MKL), whose result
+        # depends on the thread count once K is large enough (torch.mm itself does, see the test below). The
+        # bf16 path (oneDNN) is made single-threaded per tile and passes.
         request.applymarker(pytest.mark.xfail(strict=True, reason="prefill GEMM result depends on thread count"))
     # N spans several tiles so that two threads really split it.
     qweight, qzeros, scales, _ = random_awq(K, 8 * 300, G, 6, "cpu")

@@ -25,6 +25,10 @@
 
 #include <ATen/Parallel.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -198,6 +202,34 @@ void scatter_tile(const Out* out, int64_t width, Y* y, int64_t M, int64_t N, int
 
 }  // namespace
 
+namespace {
+
+// Makes OpenMP-threaded BLAS calls from this thread (oneDNN: the bf16 path) single-threaded for the guard's
+// lifetime; the setting is per thread, and is restored after, also when an exception passes through.
+// MKL (the fp32 path) keeps its own global thread count and is not affected: see the determinism note in
+// docs/kernels-cpu.md.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() {
+#ifdef _OPENMP
+    saved_ = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+  }
+  ~SingleThreadedBlas() {
+#ifdef _OPENMP
+    omp_set_num_threads(saved_);
+#endif
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int saved_ = 1;
+};
+
+}  // namespace
+
 at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, const at::Tensor& qzeros_in,
                         const at::Tensor& scales_in, int64_t group_size) {
   check_arguments(x_in, qweight_in, qzeros_in, scales_in, group_size);
@@ -280,6 +312,10 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   const int64_t tiles = (words + kPrefillTileWords - 1) / kPrefillTileWords;
   const int64_t tile_width = (kPrefillTileWords / kBlockWords) * kBlockChannels;
   at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+    // Each tile's GEMM should run on one thread, whatever the thread count: oneDNN otherwise starts nested
+    // threads inside this region (oversubscribing the cores) and splits K differently for 1 and 2 threads,
+    // which changed bf16 results bit-wise (tests/test_kernels.py). MKL (fp32) still does: known, xfail.
+    const SingleThreadedBlas single_threaded;
     // One tile buffer and one output buffer per thread, reused for all of its tiles.
     at::Tensor tile = at::empty({K, tile_width}, a.options());
     at::Tensor out = at::empty({M, tile_width}, a.options());
