@@ -37,6 +37,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from minimoe import awq, ops  # noqa: E402
+from floors import read_bandwidth  # noqa: E402  (benchmarks/floors.py)
 
 G = 128
 SHAPES = [(4096, 14336), (14336, 4096), (4096, 4096), (4096, 1024)]  # w1/w3, w2, q/o_proj, k/v_proj
@@ -44,18 +45,6 @@ QUICK_SHAPES = [(4096, 14336), (4096, 1024)]
 ROWS = [1, 16, 256]
 QUICK_ROWS = [1, 256]
 COLD_BYTES = 768 * 2**20  # rotate over enough copies of each weight to defeat the L3
-
-
-def read_bandwidth_gbps(repeats: int = 5) -> float:
-    """The machine's streaming-read floor: GB/s of a sum over a 512 MB fp32 tensor (best of `repeats`)."""
-    big = torch.ones(128 * 2**20, dtype=torch.float32)
-    big.sum()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        big.sum()
-        best = min(best, time.perf_counter() - start)
-    return big.numel() * 4 / best / 1e9
 
 
 def copies_for(nbytes: int) -> int:
@@ -165,7 +154,7 @@ def main():
 
     shapes, rows = (QUICK_SHAPES, QUICK_ROWS) if args.quick else (SHAPES, ROWS)
     budget = args.budget if args.budget is not None else (1.0 if args.quick else 2.0)
-    bandwidth = read_bandwidth_gbps()
+    bandwidth = read_bandwidth("cpu", gigabytes=0.512) / 1e9  # GB/s, sum over a 512 MB fp32 tensor
     print(f"read bandwidth floor: {bandwidth:.1f} GB/s (sum over 512 MB fp32), {torch.get_num_threads()} threads")
     rows_out = []
     for i, (K, N) in enumerate(shapes):

@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from minimoe import awq  # noqa: E402
+from floors import copy_bandwidth  # noqa: E402  (benchmarks/floors.py)
 
 DEV = os.path.join(ROOT, "csrc", "dev")
 REAL_SHAPES = [  # (M, K, N, G): w1/w3 (4096 -> 14336) and w2 (14336 -> 4096) of Confinus-2x7B
@@ -218,15 +219,6 @@ def time_ms(fn, copies: int, warmup: int = 5, iters: int = 20) -> float:
     return times[len(times) // 2]
 
 
-def copy_bandwidth_gbs() -> float:
-    """Measured device-to-device copy bandwidth (read + write bytes), 1 GiB buffers."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    ms = time_ms(lambda i: dst.copy_(src), copies=1, warmup=3, iters=10)
-    del src, dst
-    return 2 * 2**30 / (ms * 1e-3) / 1e9
-
-
 def copies_for(bytes_per_copy: int) -> int:
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 * 2**20)
     return max(1, min(16, -(-3 * l2 // max(bytes_per_copy, 1))))
@@ -320,7 +312,7 @@ def main() -> None:
                   python=platform.python_version(), dtype=args.dtype, checks=checks, build_errors=build_errors)
     rows = []
     if not args.check_only:
-        copy_gbs = copy_bandwidth_gbs()
+        copy_gbs = copy_bandwidth("cuda", gigabytes=2**30 / 1e9) / 1e9  # read + write, 1 GiB buffers
         result["copy_GBps"] = copy_gbs
         print(f"measured device copy bandwidth: {copy_gbs:.0f} GB/s")
         good = [k for k in kernels if k.name not in failed]
