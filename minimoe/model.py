@@ -307,7 +307,10 @@ class Transformer(nn.Module):
         if past + T > c.max_position_embeddings:
             raise ValueError(f"{past + T} tokens exceed the model's context of {c.max_position_embeddings} "
                              f"(max_position_embeddings)")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= c.vocab_size):
+        # Checking ids reads them back to the host: free on the CPU, a device sync on a GPU. So a GPU checks
+        # prompts (T > 1) but not single decode steps, whose ids the model itself just produced.
+        check_ids = input_ids.device.type == "cpu" or T > 1
+        if check_ids and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= c.vocab_size):
             raise ValueError(f"token ids must be in 0..{c.vocab_size - 1}, found "
                              f"{int(input_ids.min())}..{int(input_ids.max())}")
         device = input_ids.device

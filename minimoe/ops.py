@@ -99,7 +99,7 @@ def awq_gemm(
     if not _has_kernel("awq_gemm", x.device.type):
         return awq.awq_linear_reference(x, qweight, qzeros, scales, group_size)
     if x.dim() == 0:
-        raise ValueError(f"awq_gemm: x must have a last dimension of size K, found a 0-d tensor")
+        raise ValueError("awq_gemm: x must have a last dimension of size K, found a 0-d tensor")
     lead = x.shape[:-1]
     y = torch.ops.minimoe.awq_gemm(x.reshape(-1, x.shape[-1]), qweight, qzeros, scales, int(group_size))
     return y.reshape(*lead, y.shape[-1])
