@@ -304,10 +304,24 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
     return y;
   }
 
-  // ---- prefill: dequantize a tile of W^T, multiply with torch's GEMM, scatter the columns back ----
-  // bf16 x multiplies bf16 weights (AMX): each weight is rounded to bf16 once, as in torch.matmul on weights
+  // ---- prefill ----
+  // bf16 x multiplies bf16 weights: each weight is rounded to bf16 once, as in torch.matmul on weights
   // dequantized to bf16. fp32 and fp16 x multiply exact fp32 weights by fp32 x (fp16 -> fp32 is exact).
   const bool bf16 = x.scalar_type() == at::kBFloat16;
+  // Our own micro-kernels first (prefill_amx.cpp, prefill_fp32.cpp): they read the nibbles straight into the
+  // layout the multiply wants and are thread-count invariant. They decline (false) on CPUs without the ISA.
+  if (vector && bf16 &&
+      prefill_bf16_amx(args, reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
+                       reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>())))
+    return y;
+  if (vector && !bf16) {
+    at::Tensor yf = x.scalar_type() == at::kFloat ? y : at::empty({M, N}, xf.options());
+    if (prefill_fp32_avx512(args, yf.data_ptr<float>())) {
+      if (!yf.is_same(y)) y.copy_(yf);
+      return y;
+    }
+  }
+  // Fallback: dequantize a tile of W^T, multiply with torch's GEMM, scatter the columns back.
   const at::Tensor a = bf16 ? x : xf;
   const int64_t tiles = (words + kPrefillTileWords - 1) / kPrefillTileWords;
   const int64_t tile_width = (kPrefillTileWords / kBlockWords) * kBlockChannels;

@@ -51,5 +51,18 @@ void decode_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, i
 // bfloat16 (round to nearest even from the exact fp32 value), else fp32 (exact: (q - z) * s fits fp32).
 void dequant_tile_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, void* tile, bool bf16);
 
+// ---- prefill kernels that do the whole multiply themselves (no BLAS), threads included -------------------
+// Each computes all of y = x @ W^T for the prefill path and returns true, or returns false without touching
+// y when this CPU cannot run it (the driver then falls back to dequantize-a-tile + torch's GEMM). Both split
+// only the output columns between threads, on fixed boundaries, and sum K in a fixed order, so the result is
+// bit-for-bit the same for any thread count.
+
+// prefill_amx.cpp: bf16 x [M, K] (x_bf16, row-major) times W^T dequantized to bf16 (round to nearest even, as
+// torch.matmul on weights dequantized to bf16), fp32 accumulation on AMX tiles; y_bf16 is [M, N] row-major.
+bool prefill_bf16_amx(const AwqGemmArgs& a, const uint16_t* x_bf16, uint16_t* y_bf16);
+
+// prefill_fp32.cpp: fp32 x (a.x) times the exact fp32 W^T, AVX-512 FMA micro-kernel; y is fp32 [M, N].
+bool prefill_fp32_avx512(const AwqGemmArgs& a, float* y);
+
 }  // namespace cpu
 }  // namespace minimoe
