@@ -167,7 +167,10 @@ class Router(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
-        logits = F.linear(x, self.weight)                               # (N, E)
+        # The reference computes the logits in x's dtype (fp32 accumulation, one rounding). So do we, but through
+        # an fp32 GEMM rounded once to x's dtype: the same numbers, and for a [1, 4096] x [4096, 2] product on the
+        # CPU several times faster than a bf16 GEMM call (measured 16 vs 48 us per layer per decoded token).
+        logits = F.linear(x.float(), self.weight.float()).to(x.dtype)   # (N, E)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         weights, experts = torch.topk(probs, self.top_k, dim=-1)        # (N, k)
         weights = weights / weights.sum(dim=-1, keepdim=True)

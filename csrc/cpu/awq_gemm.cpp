@@ -54,6 +54,11 @@ constexpr int64_t kDecodeSpanFloats = 64 * 1024;
 // count): about 8 groups (1024 rows at G = 128) per chunk, at most 8 chunks, so every chunk is a slab of
 // at least ~0.5 MB of qweight at the real layer shapes and two threads always have several chunks to share.
 inline int64_t decode_k_chunks(int64_t groups) { return std::clamp<int64_t>(groups / 8, 1, 8); }
+// Decode wants at least this many work items, so that small layers (K = 1024: one chunk) still give every
+// thread something to do; when the K chunks alone are fewer, the columns are cut into spans as well.
+constexpr int64_t kDecodeMinItems = 8;
+// Below this many floats of partial sums, decode adds them up on the calling thread.
+constexpr int64_t kSerialFinishFloats = 64 * 1024;
 constexpr int64_t kPrefillTileWords = 4 * kBlockWords;
 
 // From this many rows of x on, dequantize-then-GEMM beats streaming the nibbles (measured with
@@ -267,19 +272,25 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
 
   if (!use_prefill(M, x.scalar_type())) {
     // ---- decode: stream the packed weights once ----
-    at::Tensor yf = x.scalar_type() == at::kFloat ? y : at::empty({M, N}, xf.options());
     // Work items are (K chunk, column span) pairs. K is cut into a fixed number of chunks of whole groups,
     // chosen from the shape alone: a thread then streams a contiguous slab of qweight (whole rows, one after
     // the other), which the prefetchers follow at full speed, instead of a 1-3 KB piece of every row (which is
     // what splitting only N between threads gives: measured 25-39% of read bandwidth for N <= 4096 that way).
     // Each chunk writes its own partial [M, N]; the partials are then added in chunk order. Chunks and spans
     // never depend on the thread count, so neither do the results, bit for bit.
-    // Spans keep a chunk's [M, span] running sums L2-resident when M is large; at M = 1 a span is a whole row.
-    const int64_t span_words = std::max<int64_t>(kDecodeTileWords, (kDecodeSpanFloats / (8 * M)) / kDecodeTileWords * kDecodeTileWords);
-    const int64_t spans = (words + span_words - 1) / span_words;
+    // Spans keep a chunk's [M, span] running sums L2-resident when M is large. At M = 1 a span is a whole row,
+    // unless the layer is so small (K = 1024: one chunk) that spans are needed to give threads kDecodeMinItems.
     const int64_t groups_per_chunk = (groups + decode_k_chunks(groups) - 1) / decode_k_chunks(groups);
     const int64_t chunks = (groups + groups_per_chunk - 1) / groups_per_chunk;
-    at::Tensor partial = chunks == 1 ? yf : at::empty({chunks, M, N}, xf.options());
+    const int64_t l2_span = std::max<int64_t>(kDecodeTileWords, (kDecodeSpanFloats / (8 * M)) / kDecodeTileWords * kDecodeTileWords);
+    const int64_t wanted_spans = (kDecodeMinItems + chunks - 1) / chunks;
+    const int64_t even_span = ((words + wanted_spans - 1) / wanted_spans + kDecodeTileWords - 1) / kDecodeTileWords * kDecodeTileWords;
+    const int64_t span_words = std::min(l2_span, even_span);
+    const int64_t spans = (words + span_words - 1) / span_words;
+    // fp32 output with a single chunk: the kernel writes y itself. Otherwise it writes fp32 partials, and one
+    // pass adds them in chunk order and rounds to y's dtype.
+    const bool direct = chunks == 1 && x.scalar_type() == at::kFloat;
+    at::Tensor partial = direct ? y : at::empty({chunks, M, N}, xf.options());
     float* pp = partial.data_ptr<float>();
     at::parallel_for(0, chunks * spans, 1, [&](int64_t first, int64_t last) {
       for (int64_t item = first; item < last; ++item) {
@@ -290,17 +301,22 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
         else decode_scalar(args, scale_dtype, w0, w1, g0, g1, pp + c * M * N);
       }
     });
-    if (chunks > 1) {
-      float* py_out = yf.data_ptr<float>();
-      at::parallel_for(0, M * N, 4096, [&](int64_t begin, int64_t end) {
+    if (!direct) {
+      const at::ScalarType out_dtype = x.scalar_type();
+      void* out = y.data_ptr();
+      auto finish = [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           float sum = pp[i];
           for (int64_t c = 1; c < chunks; ++c) sum += pp[c * M * N + i];  // fixed order: chunk 0, 1, ...
-          py_out[i] = sum;
+          if (out_dtype == at::kBFloat16) static_cast<at::BFloat16*>(out)[i] = static_cast<at::BFloat16>(sum);
+          else if (out_dtype == at::kHalf) static_cast<at::Half*>(out)[i] = static_cast<at::Half>(sum);
+          else static_cast<float*>(out)[i] = sum;
         }
-      });
+      };
+      // A small output is not worth waking the other threads for (a parallel region costs several us).
+      if (M * N * chunks < kSerialFinishFloats) finish(0, M * N);
+      else at::parallel_for(0, M * N, 4096, finish);
     }
-    if (!yf.is_same(y)) y.copy_(yf);
     return y;
   }
 
