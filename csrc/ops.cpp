@@ -24,6 +24,8 @@ TORCH_LIBRARY(minimoe, m) {
   m.def("awq_unpack(Tensor packed) -> Tensor");
   // y[M, N] = x[M, K] @ dequantize(qweight, qzeros, scales)   (x in fp32/fp16/bf16, fp32 accumulation)
   m.def("awq_gemm(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, int group_size) -> Tensor");
+  // y[M, N] = x[M, K] @ weight.to(x.dtype)^T with weight [N, K] kept in its stored fp16/bf16 (CPU: the lm_head)
+  m.def("linear_stored(Tensor x, Tensor weight) -> Tensor");
 }
 
 namespace {
@@ -49,7 +51,7 @@ pybind11::dict build_info() {
   info["cuda_archs"] = std::string(MINIMOE_CUDA_ARCHS);
   info["compiled_with_torch"] = std::string(TORCH_VERSION);
   pybind11::dict kernels;
-  for (const char* op : {"awq_unpack", "awq_gemm"}) kernels[op] = devices_with_kernel(op);
+  for (const char* op : {"awq_unpack", "awq_gemm", "linear_stored"}) kernels[op] = devices_with_kernel(op);
   info["kernels"] = kernels;
   return info;
 }

@@ -30,10 +30,16 @@ class Linear(nn.Module):
                      if bias else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        if self.weight.dtype == x.dtype:
+            return F.linear(x, self.weight, self.bias)
+        # A weight kept in its stored dtype (the loader does this for an fp16 lm_head on the CPU): the
+        # result is F.linear(x, weight.to(x.dtype)), without the converted copy.
+        y = ops.linear_stored(x, self.weight)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}"
+        stored = f", stored={str(self.weight.dtype).replace('torch.', '')}"
+        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}{stored}"
 
 
 class AWQLinear(nn.Module):

@@ -105,11 +105,36 @@ def awq_gemm(
     return y.reshape(*lead, y.shape[-1])
 
 
+def linear_stored(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight.to(x.dtype)) without converting weight: x [..., K], weight [N, K] in fp16/bf16.
+
+    The weight stays in the dtype it was stored in (for the lm_head: 262 MB of fp16 instead of a 524 MB fp32
+    copy); the CPU kernel converts each weight in registers. Without a kernel for x's device and dtypes, this
+    converts the weight per call (correct, slow; the loader only keeps weights stored where the kernel exists).
+    """
+    if not can_keep_stored(x.device.type, x.dtype, weight.dtype):
+        return torch.nn.functional.linear(x, weight.to(x.dtype))
+    lead = x.shape[:-1]
+    y = torch.ops.minimoe.linear_stored(x.reshape(-1, x.shape[-1]), weight)
+    return y.reshape(*lead, y.shape[-1])
+
+
+def can_keep_stored(device_type: str, activation_dtype: torch.dtype, stored_dtype: torch.dtype) -> bool:
+    """True when `linear_stored` has a kernel for these dtypes on this device (the CPU extension)."""
+    return (_has_kernel("linear_stored", device_type) and activation_dtype in (torch.float32, torch.bfloat16)
+            and stored_dtype in (torch.float16, torch.bfloat16) and stored_dtype != activation_dtype)
+
+
 if _C is not None:
     # Fake (meta) implementations: output shape and dtype only, for torch.compile and FakeTensor tracing.
     @torch.library.register_fake("minimoe::awq_unpack")
     def _awq_unpack_fake(packed):
         return packed.new_empty((packed.shape[0], packed.shape[1] * 8), dtype=torch.uint8)
+
+    if _has_kernel("linear_stored", "cpu"):
+        @torch.library.register_fake("minimoe::linear_stored")
+        def _linear_stored_fake(x, weight):
+            return x.new_empty((x.shape[0], weight.shape[0]))
 
     @torch.library.register_fake("minimoe::awq_gemm")
     def _awq_gemm_fake(x, qweight, qzeros, scales, group_size):

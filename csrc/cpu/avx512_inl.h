@@ -5,6 +5,10 @@
 // after avx512_available() has asked cpuid. See awq_gemm_avx512.cpp for the nibble trick explained in full.
 #pragma once
 
+// GCC 12 reports false "may be used uninitialized" warnings from inside its own AVX-512 headers
+// (their _mm512_undefined_* placeholders) at -Wall; they say nothing about our code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <immintrin.h>
 
 #include <algorithm>

@@ -1,0 +1,154 @@
+// linear_stored.cpp - minimoe::linear_stored on the CPU: y = x @ W^T with W kept in the checkpoint's dtype.
+//
+// Why it exists. Confinus-2x7B stores its lm_head (and embeddings) in fp16: 32000 x 4096 = 262 MB. A model
+// loaded with bf16 or fp32 activations used to convert that matrix at load time, which costs memory twice (the
+// converted copy, plus the file pages touched while converting) and, for fp32, doubles the bytes every decoded
+// token must read (the lm_head is then the largest single matrix in the model: 524 MB). This kernel reads the
+// stored fp16 (or bf16) weights as they are and converts each one in registers, just before it is used.
+//
+// Semantics are those of F.linear(x, W.to(x.dtype)), the conversion the loader used to do:
+//   x fp32: W fp16/bf16 -> fp32 is exact; products and sums in fp32.
+//   x bf16: each weight is rounded to bf16 (round to nearest even; exact for bf16 weights), multiplied by x
+//           (exact in fp32), summed in fp32, and the sum rounded once to bf16, as a bf16 GEMM does.
+// Only the order of the fp32 sum differs from torch's GEMM, so results agree to fp32 rounding.
+//
+// Where the bytes go: decode calls it with M = 1 (the last token's hidden state). Every weight is read once,
+// 2 bytes each; x (16 KB) stays in L1. Threads split the output rows n (never K), and each output is one
+// fixed-order dot product, so the result does not depend on the thread count.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "avx512_inl.h"
+
+namespace minimoe {
+namespace cpu {
+namespace {
+
+// Rows of W per work item: 64 rows x 4096 x 2 B = 512 KB, a few hundred items for the lm_head.
+constexpr int64_t kRowsPerItem = 64;
+
+// Round an fp32 value to bf16 precision (nearest even), keeping it in fp32 bits: add 0x7FFF + the lowest kept
+// bit, clear the low half. Exact for values that already are bf16. (No NaN weights in a checkpoint we loaded.)
+inline float round_to_bf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, 4);
+  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
+inline float stored_to_float(const void* w, bool fp16, int64_t i) {
+  return fp16 ? static_cast<float>(static_cast<const at::Half*>(w)[i])
+              : static_cast<float>(static_cast<const at::BFloat16*>(w)[i]);
+}
+
+// Portable path: y[m, n] for rows n in [n0, n1).
+void rows_scalar(const float* x, const void* w, bool fp16, bool round_bf16, int64_t M, int64_t K, int64_t N,
+                 int64_t n0, int64_t n1, float* y) {
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        float wv = stored_to_float(w, fp16, n * K + k);
+        if (round_bf16) wv = round_to_bf16(wv);
+        sum += x[m * K + k] * wv;
+      }
+      y[m * N + n] = sum;
+    }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+
+// 16 stored weights -> 16 fp32 (fp16: vcvtph2ps; bf16: the 16 bits are the top half of an fp32), rounded to
+// bf16 when the activations are bf16.
+MINIMOE_AVX512 inline __m512 load_weights(const uint16_t* w, bool fp16, bool round_bf16, __mmask16 lanes) {
+  const __m256i half = _mm256_maskz_loadu_epi16(lanes, w);
+  __m512 v = fp16 ? _mm512_cvtph_ps(half) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  if (round_bf16) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    v = _mm512_castsi512_ps(_mm512_and_si512(rounded, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
+  return v;
+}
+
+// Four rows of W at a time against one row of x: four independent accumulators (FMA latency), one x load
+// shared by the four. Then a fixed horizontal sum per accumulator.
+MINIMOE_AVX512 void rows_avx512(const float* x, const uint16_t* w, bool fp16, bool round_bf16, int64_t M, int64_t K,
+                                int64_t N, int64_t n0, int64_t n1, float* y) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int64_t m = 0; m < M; ++m) {
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 lanes = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + m * K + k);
+        for (int r = 0; r < 4; ++r)
+          acc[r] = _mm512_fmadd_ps(xv, load_weights(w + (n + r) * K + k, fp16, round_bf16, lanes), acc[r]);
+      }
+      for (int r = 0; r < 4; ++r) y[m * N + n + r] = _mm512_reduce_add_ps(acc[r]);
+    }
+  for (; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t k = 0; k < K; k += 16) {
+        const __mmask16 lanes = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, x + m * K + k),
+                              load_weights(w + n * K + k, fp16, round_bf16, lanes), acc);
+      }
+      y[m * N + n] = _mm512_reduce_add_ps(acc);
+    }
+}
+
+#else
+
+void rows_avx512(const float*, const uint16_t*, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
+
+#endif
+
+at::Tensor linear_stored_cpu(const at::Tensor& x_in, const at::Tensor& weight_in) {
+  const char* op = "minimoe::linear_stored (CPU)";
+  TORCH_CHECK(x_in.device().is_cpu() && weight_in.device().is_cpu(), op, ": x and weight must be CPU tensors, found ",
+              x_in.device(), " and ", weight_in.device());
+  TORCH_CHECK(x_in.dim() == 2, op, ": x must be 2-D [M, K], found shape ", x_in.sizes());
+  TORCH_CHECK(weight_in.dim() == 2, op, ": weight must be 2-D [N, K], found shape ", weight_in.sizes());
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16, op,
+              ": x must be float32 or bfloat16, found ", x_in.scalar_type());
+  TORCH_CHECK(weight_in.scalar_type() == at::kHalf || weight_in.scalar_type() == at::kBFloat16, op,
+              ": weight must be float16 or bfloat16 (the stored dtype), found ", weight_in.scalar_type());
+  TORCH_CHECK(x_in.size(1) == weight_in.size(1), op, ": x [M, K] and weight [N, K] must agree on K, found ",
+              x_in.sizes(), " and ", weight_in.sizes());
+  const at::Tensor x = x_in.to(at::kFloat).contiguous(), weight = weight_in.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M > 0 && N > 0) {
+    const bool fp16 = weight.scalar_type() == at::kHalf;
+    const bool round_bf16 = x_in.scalar_type() == at::kBFloat16;  // W.to(bf16): round each stored weight
+    const char* isa = std::getenv("MINIMOE_CPU_ISA");  // "scalar" forces the portable loop, as for awq_gemm
+    const bool vector = avx512_available() && !(isa && std::strcmp(isa, "scalar") == 0);
+    const float* px = x.data_ptr<float>();
+    const uint16_t* pw = static_cast<const uint16_t*>(weight.data_ptr());
+    float* py = y.data_ptr<float>();
+    at::parallel_for(0, (N + kRowsPerItem - 1) / kRowsPerItem, 1, [&](int64_t first, int64_t last) {
+      for (int64_t item = first; item < last; ++item) {
+        const int64_t n0 = item * kRowsPerItem, n1 = std::min(N, n0 + kRowsPerItem);
+        if (vector) rows_avx512(px, pw, fp16, round_bf16, M, K, N, n0, n1, py);
+        else rows_scalar(px, pw, fp16, round_bf16, M, K, N, n0, n1, py);
+      }
+    });
+  }
+  return x_in.scalar_type() == at::kFloat ? y : y.to(x_in.scalar_type());
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(minimoe, CPU, m) { m.impl("linear_stored", &cpu::linear_stored_cpu); }
+
+}  // namespace minimoe
