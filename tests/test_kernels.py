@@ -168,13 +168,8 @@ def test_other_scale_dtypes(device, scale_dtype):
 @pytest.mark.parametrize("M", [1, 3, 40])  # decode (one and several rows of x) and prefill (bf16 at 40)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("K,G", [(384, 128), (2048, 32)])  # decode cuts K into 1 chunk / 8 chunks of groups
-def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G, request):
+def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G):
     require_kernel("cpu")
-    if M == 40 and K == 2048 and dtype == torch.float32:
-        # Known bug, kept visible: the fp32 prefill path hands each tile to torch's GEMM (MKL), whose result
-        # depends on the thread count once K is large enough (torch.mm itself does, see the test below). The
-        # bf16 path (oneDNN) is made single-threaded per tile and passes.
-        request.applymarker(pytest.mark.xfail(strict=True, reason="prefill GEMM result depends on thread count"))
     # N spans several tiles so that two threads really split it.
     qweight, qzeros, scales, _ = random_awq(K, 8 * 300, G, 6, "cpu")
     x = random_x((M, K), dtype, 6, "cpu")
@@ -191,7 +186,8 @@ def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G, request):
 
 
 def test_torch_mm_itself_depends_on_thread_count_at_this_size():
-    # Why the prefill case above is an expected failure: the BLAS GEMM under it is not thread-count invariant.
+    # Why the fp32 prefill path has its own micro-kernel (prefill_fp32.cpp) rather than handing tiles to torch's
+    # GEMM, as it first did: that GEMM (MKL) is not thread-count invariant at this size, and neither was the path.
     a, b = torch.randn(40, 2048), torch.randn(2048, 512)
     before = torch.get_num_threads()
     try:

@@ -7,14 +7,16 @@
 // Two paths, chosen by M (rows of x):
 //   decode  M < prefill_min_rows(): read the packed weights exactly once and multiply-accumulate straight from
 //           the nibbles. This is memory-bound: at M = 1 every weight byte is used for 2 flops per code.
-//   prefill M >= that: per tile of output columns, dequantize W^T[:, tile] into a small buffer (fp32, or bf16
-//           when x is bf16) and let torch's GEMM (oneDNN; AMX for bf16 on this CPU) multiply x by it. The unpack
-//           is paid once per weight for all M rows, and the multiply runs at the library's speed.
+//   prefill M >= that: the unpack is paid once per weight for all M rows, and the multiply is a real GEMM.
+//           On AVX-512 CPUs our own micro-kernels do it, fed by dequantizing straight into the layout they
+//           multiply from: prefill_amx.cpp (bf16 x, AMX tiles) and prefill_fp32.cpp (fp32/fp16 x, FMA). Elsewhere
+//           (scalar ISA, no AMX) a fallback dequantizes a tile of W^T into a buffer and calls torch's GEMM.
 //
-// Determinism: threads split the *output columns* only, on fixed tile boundaries (never the K sum), so each
-// output is computed by the same instructions in the same order whatever the thread count. Inside a tile the
-// GEMM runs single-threaded (it is called from within at::parallel_for's OpenMP region, where nested regions
-// get one thread), which is also what makes its result independent of the thread count.
+// Determinism: threads split the *output columns* only, on fixed boundaries (never the K sum), and each output
+// is summed in the same order whatever the thread count, so results are bitwise thread-count invariant. (The
+// decode path splits K into chunks fixed by the shape, and adds the chunks in order.) In the GEMM fallback each
+// tile's GEMM runs single-threaded on its calling thread, which makes oneDNN (bf16) invariant; MKL (fp32) is
+// not, at larger K, which is why fp32 on AVX-512 no longer goes there.
 //
 // Instruction set: AVX-512 when the CPU has it, else scalar C++. MINIMOE_CPU_ISA=scalar (read on every call)
 // forces the scalar kernels, so the tests check both on an AVX-512 machine; MINIMOE_CPU_PATH likewise forces
@@ -68,15 +70,17 @@ constexpr int64_t kPrefillTileWords = 4 * kBlockWords;
 int64_t prefill_min_rows(at::ScalarType x_dtype) { return x_dtype == at::kBFloat16 ? 16 : 32; }
 
 // MINIMOE_CPU_PATH=decode|prefill (read on every call) forces a path whatever M is: the tests use it to run
-// both paths on small shapes, the benchmark to find where they cross. Unset or "auto": decided by M.
-bool use_prefill(int64_t M, at::ScalarType x_dtype) {
+// both paths on small shapes, the benchmark to find where they cross. Unset or "auto": decided by M, except
+// that fp32/fp16 x without the AVX-512 kernels always decodes: the only prefill left for them would be the
+// GEMM fallback, whose MKL result depends on the thread count; the scalar decode loop is invariant.
+bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector) {
   const char* env = std::getenv("MINIMOE_CPU_PATH");
   const std::string wish = env ? env : "";
   if (wish == "decode") return false;
   if (wish == "prefill") return true;
   TORCH_CHECK(wish.empty() || wish == "auto", "minimoe::awq_gemm: MINIMOE_CPU_PATH must be auto, decode or prefill, found '",
               wish, "'");
-  return M >= prefill_min_rows(x_dtype);
+  return M >= prefill_min_rows(x_dtype) && (vector || x_dtype == at::kBFloat16);
 }
 
 enum class Isa { kScalar, kAvx512 };
@@ -211,7 +215,7 @@ namespace {
 
 // Makes OpenMP-threaded BLAS calls from this thread (oneDNN: the bf16 path) single-threaded for the guard's
 // lifetime; the setting is per thread, and is restored after, also when an exception passes through.
-// MKL (the fp32 path) keeps its own global thread count and is not affected: see the determinism note in
+// MKL (fp32) keeps its own global thread count and is not affected: see the determinism note in
 // docs/kernels-cpu.md.
 class SingleThreadedBlas {
  public:
@@ -270,7 +274,7 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
                          M, K, N, G};
   const at::ScalarType scale_dtype = scales.scalar_type();
 
-  if (!use_prefill(M, x.scalar_type())) {
+  if (!use_prefill(M, x.scalar_type(), vector)) {
     // ---- decode: stream the packed weights once ----
     // Work items are (K chunk, column span) pairs. K is cut into a fixed number of chunks of whole groups,
     // chosen from the shape alone: a thread then streams a contiguous slab of qweight (whole rows, one after
@@ -344,7 +348,7 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
     // Each tile's GEMM should run on one thread, whatever the thread count: oneDNN otherwise starts nested
     // threads inside this region (oversubscribing the cores) and splits K differently for 1 and 2 threads,
-    // which changed bf16 results bit-wise (tests/test_kernels.py). MKL (fp32) still does: known, xfail.
+    // which changed bf16 results bit-wise (tests/test_kernels.py). MKL (fp32, scalar ISA only) still may.
     const SingleThreadedBlas single_threaded;
     // One tile buffer and one output buffer per thread, reused for all of its tiles.
     at::Tensor tile = at::empty({K, tile_width}, a.options());
