@@ -253,10 +253,26 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   // AVX-512 kernels read float16 scales; other scale dtypes take the scalar kernels.
   const bool vector = isa == Isa::kAvx512 && scales.scalar_type() == at::kHalf;
 
-  // x in fp32 (exact for bf16/fp16 inputs) and its per-group sums, summed left to right: the zero-point term.
+  const bool prefill = use_prefill(M, x.scalar_type(), vector);
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  const auto args_with = [&](const float* x_fp32, const float* x_group_sums) {
+    return AwqGemmArgs{x_fp32, x_group_sums, reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>()),
+                       reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>()), scales.data_ptr(), M, K, N, G};
+  };
+  const at::ScalarType scale_dtype = scales.scalar_type();
+
+  // bf16 prefill on AMX (prefill_amx.cpp) reads the bf16 x itself: try it before converting anything.
+  // It declines (false) on CPUs without AMX.
+  if (prefill && vector && bf16 &&
+      prefill_bf16_amx(args_with(nullptr, nullptr), reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
+                       reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>())))
+    return y;
+
+  // x in fp32 (exact for bf16/fp16 inputs); decode also needs its per-group sums, summed left to right: the
+  // zero-point term.
   const at::Tensor xf = x.to(at::kFloat);
-  at::Tensor xsum = at::empty({M, groups}, xf.options());
-  {
+  at::Tensor xsum = at::empty({prefill ? 0 : M, groups}, xf.options());
+  if (!prefill) {
     const float* px = xf.data_ptr<float>();
     float* ps = xsum.data_ptr<float>();
     for (int64_t m = 0; m < M; ++m)
@@ -266,15 +282,9 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
         ps[m * groups + g] = sum;
       }
   }
-  const AwqGemmArgs args{xf.data_ptr<float>(),
-                         xsum.data_ptr<float>(),
-                         reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>()),
-                         reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>()),
-                         scales.data_ptr(),
-                         M, K, N, G};
-  const at::ScalarType scale_dtype = scales.scalar_type();
+  const AwqGemmArgs args = args_with(xf.data_ptr<float>(), xsum.data_ptr<float>());
 
-  if (!use_prefill(M, x.scalar_type(), vector)) {
+  if (!prefill) {
     // ---- decode: stream the packed weights once ----
     // Work items are (K chunk, column span) pairs. K is cut into a fixed number of chunks of whole groups,
     // chosen from the shape alone: a thread then streams a contiguous slab of qweight (whole rows, one after
@@ -327,13 +337,7 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   // ---- prefill ----
   // bf16 x multiplies bf16 weights: each weight is rounded to bf16 once, as in torch.matmul on weights
   // dequantized to bf16. fp32 and fp16 x multiply exact fp32 weights by fp32 x (fp16 -> fp32 is exact).
-  const bool bf16 = x.scalar_type() == at::kBFloat16;
-  // Our own micro-kernels first (prefill_amx.cpp, prefill_fp32.cpp): they read the nibbles straight into the
-  // layout the multiply wants and are thread-count invariant. They decline (false) on CPUs without the ISA.
-  if (vector && bf16 &&
-      prefill_bf16_amx(args, reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
-                       reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>())))
-    return y;
+  // fp32/fp16 x: our own FMA micro-kernel (prefill_fp32.cpp); bf16 already tried AMX above.
   if (vector && !bf16) {
     at::Tensor yf = x.scalar_type() == at::kFloat ? y : at::empty({M, N}, xf.options());
     if (prefill_fp32_avx512(args, yf.data_ptr<float>())) {

@@ -23,6 +23,7 @@ constexpr int64_t kBlockChannels = 8 * kBlockWords;  // 128
 struct AwqGemmArgs {
   const float* x;           // [M, K] activations, converted to fp32 by the driver (exact for bf16/fp16)
   const float* xsum;        // [M, K/G]: xsum[m, g] = sum of x[m, k] over group g, summed left to right
+                            // (decode only; null for the prefill kernels, and x is null for the AMX one)
   const uint32_t* qweight;  // [K, N/8] packed codes (read as unsigned: no sign smearing on shifts)
   const uint32_t* qzeros;   // [K/G, N/8] packed zero points
   const void* scales;       // [K/G, N]: float16 for the AVX-512 kernels; the scalar kernels also read bf16/fp32
