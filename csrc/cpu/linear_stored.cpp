@@ -65,11 +65,11 @@ void rows_scalar(const float* x, const void* w, bool fp16, bool round_bf16, int6
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
 // 16 stored weights -> 16 fp32 (fp16: vcvtph2ps; bf16: the 16 bits are the top half of an fp32), rounded to
-// bf16 when the activations are bf16.
-MINIMOE_AVX512 inline __m512 load_weights(const uint16_t* w, bool fp16, bool round_bf16, __mmask16 lanes) {
-  const __m256i half = _mm256_maskz_loadu_epi16(lanes, w);
-  __m512 v = fp16 ? _mm512_cvtph_ps(half) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-  if (round_bf16) {
+// bf16 when the activations are bf16. Templated so that the inner loop has no dtype branches.
+template <bool kFp16, bool kRoundBf16>
+MINIMOE_AVX512 inline __m512 widen(__m256i half) {
+  __m512 v = kFp16 ? _mm512_cvtph_ps(half) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  if constexpr (kRoundBf16) {
     const __m512i bits = _mm512_castps_si512(v);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
     const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
@@ -78,32 +78,44 @@ MINIMOE_AVX512 inline __m512 load_weights(const uint16_t* w, bool fp16, bool rou
   return v;
 }
 
-// Four rows of W at a time against one row of x: four independent accumulators (FMA latency), one x load
-// shared by the four. Then a fixed horizontal sum per accumulator.
-MINIMOE_AVX512 void rows_avx512(const float* x, const uint16_t* w, bool fp16, bool round_bf16, int64_t M, int64_t K,
-                                int64_t N, int64_t n0, int64_t n1, float* y) {
+// R rows of W against one row of x: R independent accumulators (FMA latency), one x load shared by the R rows,
+// full 16-wide steps unmasked and one masked tail. Then a fixed horizontal sum per accumulator.
+template <int R, bool kFp16, bool kRoundBf16>
+MINIMOE_AVX512 inline void dot_rows(const float* x, const uint16_t* w, int64_t K, float* out, int64_t out_stride) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 xv = _mm512_loadu_ps(x + k);
+    for (int r = 0; r < R; ++r) {
+      const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + k));
+      acc[r] = _mm512_fmadd_ps(xv, widen<kFp16, kRoundBf16>(half), acc[r]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 lanes = static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + k);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm512_fmadd_ps(xv, widen<kFp16, kRoundBf16>(_mm256_maskz_loadu_epi16(lanes, w + r * K + k)), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) out[r * out_stride] = _mm512_reduce_add_ps(acc[r]);
+}
+
+template <bool kFp16, bool kRoundBf16>
+MINIMOE_AVX512 void rows_avx512_t(const float* x, const uint16_t* w, int64_t M, int64_t K, int64_t N, int64_t n0,
+                                  int64_t n1, float* y) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4)
-    for (int64_t m = 0; m < M; ++m) {
-      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-      for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 lanes = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
-        const __m512 xv = _mm512_maskz_loadu_ps(lanes, x + m * K + k);
-        for (int r = 0; r < 4; ++r)
-          acc[r] = _mm512_fmadd_ps(xv, load_weights(w + (n + r) * K + k, fp16, round_bf16, lanes), acc[r]);
-      }
-      for (int r = 0; r < 4; ++r) y[m * N + n + r] = _mm512_reduce_add_ps(acc[r]);
-    }
+    for (int64_t m = 0; m < M; ++m) dot_rows<4, kFp16, kRoundBf16>(x + m * K, w + n * K, K, y + m * N + n, 1);
   for (; n < n1; ++n)
-    for (int64_t m = 0; m < M; ++m) {
-      __m512 acc = _mm512_setzero_ps();
-      for (int64_t k = 0; k < K; k += 16) {
-        const __mmask16 lanes = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, x + m * K + k),
-                              load_weights(w + n * K + k, fp16, round_bf16, lanes), acc);
-      }
-      y[m * N + n] = _mm512_reduce_add_ps(acc);
-    }
+    for (int64_t m = 0; m < M; ++m) dot_rows<1, kFp16, kRoundBf16>(x + m * K, w + n * K, K, y + m * N + n, 1);
+}
+
+MINIMOE_AVX512 void rows_avx512(const float* x, const uint16_t* w, bool fp16, bool round_bf16, int64_t M, int64_t K,
+                                int64_t N, int64_t n0, int64_t n1, float* y) {
+  if (fp16 && round_bf16) rows_avx512_t<true, true>(x, w, M, K, N, n0, n1, y);
+  else if (fp16) rows_avx512_t<true, false>(x, w, M, K, N, n0, n1, y);
+  else rows_avx512_t<false, false>(x, w, M, K, N, n0, n1, y);  // bf16 weights: already bf16, no rounding
 }
 
 #else
