@@ -37,3 +37,16 @@ def pytest_collection_modifyitems(config, items):
 def devices():
     """The devices every kernel test runs on: the CPU always, CUDA as a skipped case when there is no GPU."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+def at_thread_counts(fn, counts=(1, 2, 1)):
+    """[fn() run with torch.set_num_threads(n) for n in counts]; the caller's thread count is restored after."""
+    before = torch.get_num_threads()
+    try:
+        outputs = []
+        for threads in counts:
+            torch.set_num_threads(threads)
+            outputs.append(fn())
+        return outputs
+    finally:
+        torch.set_num_threads(before)

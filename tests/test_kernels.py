@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minimoe import awq, ops
-from tests.conftest import devices
+from tests.conftest import at_thread_counts, devices
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ULP = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}  # one ulp, relative
@@ -173,14 +173,7 @@ def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G):
     # N spans several tiles so that two threads really split it.
     qweight, qzeros, scales, _ = random_awq(K, 8 * 300, G, 6, "cpu")
     x = random_x((M, K), dtype, 6, "cpu")
-    before = torch.get_num_threads()
-    try:
-        outputs = []
-        for threads in (1, 2, 1):
-            torch.set_num_threads(threads)
-            outputs.append(torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, G))
-    finally:
-        torch.set_num_threads(before)
+    outputs = at_thread_counts(lambda: torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, G))
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
     assert_matches_reference(outputs[0], x, qweight, qzeros, scales, G)
 
@@ -189,15 +182,8 @@ def test_torch_mm_itself_depends_on_thread_count_at_this_size():
     # Why the fp32 prefill path has its own micro-kernel (prefill_fp32.cpp) rather than handing tiles to torch's
     # GEMM, as it first did: that GEMM (MKL) is not thread-count invariant at this size, and neither was the path.
     a, b = torch.randn(40, 2048), torch.randn(2048, 512)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = torch.mm(a, b)
-        torch.set_num_threads(2)
-        two = torch.mm(a, b)
-    finally:
-        torch.set_num_threads(before)
-    if before < 2 or torch.equal(one, two):
+    one, two = at_thread_counts(lambda: torch.mm(a, b), counts=(1, 2))
+    if torch.get_num_threads() < 2 or torch.equal(one, two):
         pytest.skip("this BLAS build/machine happens to be thread-count invariant here")
     assert not torch.equal(one, two)
 

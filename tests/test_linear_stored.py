@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import minimoe
 from minimoe import ops
 from minimoe.testing import make_tiny_checkpoint
+from tests.conftest import at_thread_counts
 from tests.test_kernels import examples
 
 needs_kernel = pytest.mark.skipif(not ops.can_keep_stored("cpu", torch.float32, torch.float16),
@@ -87,14 +88,7 @@ def test_bitwise_identical_across_thread_counts():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 4096, generator=g)
     w = (torch.randn(1000, 4096, generator=g) * 0.02).half()
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = ops.linear_stored(x, w)
-        torch.set_num_threads(2)
-        two = ops.linear_stored(x, w)
-    finally:
-        torch.set_num_threads(previous)
+    one, two = at_thread_counts(lambda: ops.linear_stored(x, w), counts=(1, 2))
     assert torch.equal(one, two)
 
 

@@ -14,6 +14,7 @@ MINIMOE_CPU_PATH=prefill forces the path whatever M is. Tolerances are those of 
 import pytest
 import torch
 
+from tests.conftest import at_thread_counts
 from tests.test_kernels import assert_matches_reference, call_kernel, random_awq, random_x, require_kernel
 
 SHAPES = [  # M, K, N, G
@@ -62,13 +63,6 @@ def test_prefill_bf16_bitwise_identical_across_thread_counts(monkeypatch):
     monkeypatch.setenv("MINIMOE_CPU_PATH", "prefill")
     qweight, qzeros, scales, _ = random_awq(1280, 8 * 176, 128, 11, "cpu")
     x = random_x((37, 1280), torch.bfloat16, 11, "cpu")
-    before = torch.get_num_threads()
-    try:
-        outputs = []
-        for threads in (1, 2, 1):
-            torch.set_num_threads(threads)
-            outputs.append(torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 128))
-    finally:
-        torch.set_num_threads(before)
+    outputs = at_thread_counts(lambda: torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 128))
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
     assert_matches_reference(outputs[0], x, qweight, qzeros, scales, 128)
