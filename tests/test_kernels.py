@@ -188,8 +188,8 @@ def test_torch_mm_itself_depends_on_thread_count_at_this_size():
     assert not torch.equal(one, two)
 
 
-def has_avx512_kernels():
-    os.environ["MINIMOE_CPU_ISA"] = "avx512"
+def has_isa_kernels(isa):
+    os.environ["MINIMOE_CPU_ISA"] = isa
     try:
         torch.ops.minimoe.awq_gemm(torch.zeros(1, 32), *random_awq(32, 8, 32, 0, "cpu")[:3], 32)
         return True
@@ -200,16 +200,17 @@ def has_avx512_kernels():
 
 
 @pytest.mark.parametrize("path", ["decode", "prefill"])
-@pytest.mark.parametrize("isa", ["scalar", "avx512"])
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 @examples(10)
 @given(M=st.sampled_from([1, 3, 5, 40]), words=st.integers(1, 70), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**32 - 1))
 def test_each_cpu_kernel_matches_reference(isa, path, M, words, dtype, seed):
     # MINIMOE_CPU_ISA and MINIMOE_CPU_PATH (read on every call) force one kernel family and one path, so all
-    # four combinations are checked on an AVX-512 machine, at any M.
+    # six combinations are checked on an AVX-512 machine, at any M. (AVX2 has no prefill kernel of its own:
+    # forced to prefill it runs the dequantize + GEMM fallback, as on an AVX2-only CPU.)
     require_kernel("cpu")
-    if isa == "avx512" and not has_avx512_kernels():
-        pytest.skip("this CPU (or build) has no AVX-512")
+    if isa != "scalar" and not has_isa_kernels(isa):
+        pytest.skip(f"this CPU (or build) has no {isa}")
     qweight, qzeros, scales, spread = random_awq(192, 8 * words, 64, seed, "cpu")
     x = random_x((M, 192), dtype, seed, "cpu", spread)
     os.environ["MINIMOE_CPU_ISA"], os.environ["MINIMOE_CPU_PATH"] = isa, path
@@ -221,7 +222,7 @@ def test_each_cpu_kernel_matches_reference(isa, path, M, words, dtype, seed):
 
 
 @pytest.mark.parametrize("variable, value, message", [
-    ("MINIMOE_CPU_ISA", "sse9", "MINIMOE_CPU_ISA must be auto, avx512 or scalar, found 'sse9'"),
+    ("MINIMOE_CPU_ISA", "sse9", "MINIMOE_CPU_ISA must be auto, avx512, avx2 or scalar, found 'sse9'"),
     ("MINIMOE_CPU_PATH", "fast", "MINIMOE_CPU_PATH must be auto, decode or prefill, found 'fast'"),
 ])
 def test_unknown_kernel_choice_is_refused(monkeypatch, variable, value, message):

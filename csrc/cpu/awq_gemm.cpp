@@ -18,10 +18,9 @@
 // tile's GEMM runs single-threaded on its calling thread, which makes oneDNN (bf16) invariant; MKL (fp32) is
 // not, at larger K, which is why fp32 on AVX-512 no longer goes there.
 //
-// Instruction set: AVX-512 when the CPU has it, else scalar C++. MINIMOE_CPU_ISA=scalar (read on every call)
-// forces the scalar kernels, so the tests check both on an AVX-512 machine; MINIMOE_CPU_PATH likewise forces
-// the decode or the prefill path. (No AVX2 tier yet: a machine
-// without AVX-512 runs the scalar decode, which is correct but several times slower.)
+// Instruction set: AVX-512 when the CPU has it, else AVX2 (decode only: awq_gemm_avx2.cpp), else scalar C++.
+// MINIMOE_CPU_ISA=avx512|avx2|scalar (read on every call) forces one, so the tests check all three on an
+// AVX-512 machine; MINIMOE_CPU_PATH likewise forces the decode or the prefill path.
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -83,20 +82,24 @@ bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector) {
   return M >= prefill_min_rows(x_dtype) && (vector || x_dtype == at::kBFloat16);
 }
 
-enum class Isa { kScalar, kAvx512 };
+enum class Isa { kScalar, kAvx2, kAvx512 };
 
 Isa choose_isa() {
   const char* env = std::getenv("MINIMOE_CPU_ISA");
   const std::string wish = env ? env : "";
-  const bool have_avx512 = avx512_available();
+  const bool have_avx512 = avx512_available(), have_avx2 = avx2_available();
   if (wish == "scalar") return Isa::kScalar;
   if (wish == "avx512") {
     TORCH_CHECK(have_avx512, "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx512 but this CPU (or this build) has no AVX-512");
     return Isa::kAvx512;
   }
-  TORCH_CHECK(wish.empty() || wish == "auto", "minimoe::awq_gemm: MINIMOE_CPU_ISA must be auto, avx512 or scalar, found '",
-              wish, "'");
-  return have_avx512 ? Isa::kAvx512 : Isa::kScalar;
+  if (wish == "avx2") {
+    TORCH_CHECK(have_avx2, "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx2 but this CPU (or this build) has no AVX2/FMA/F16C");
+    return Isa::kAvx2;
+  }
+  TORCH_CHECK(wish.empty() || wish == "auto",
+              "minimoe::awq_gemm: MINIMOE_CPU_ISA must be auto, avx512, avx2 or scalar, found '", wish, "'");
+  return have_avx512 ? Isa::kAvx512 : have_avx2 ? Isa::kAvx2 : Isa::kScalar;
 }
 
 // ---- scalar kernels: natural channel order, portable C++ --------------------------------------------------
@@ -250,8 +253,10 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   if (M == 0) return y;
 
   const Isa isa = choose_isa();
-  // AVX-512 kernels read float16 scales; other scale dtypes take the scalar kernels.
+  // The vector kernels read float16 scales; other scale dtypes take the scalar kernels. `vector` is AVX-512
+  // (decode + both prefill micro-kernels); an AVX2-only CPU gets the AVX2 decode loop and the prefill fallback.
   const bool vector = isa == Isa::kAvx512 && scales.scalar_type() == at::kHalf;
+  const bool avx2 = isa == Isa::kAvx2 && scales.scalar_type() == at::kHalf;
 
   const bool prefill = use_prefill(M, x.scalar_type(), vector);
   const bool bf16 = x.scalar_type() == at::kBFloat16;
@@ -312,6 +317,7 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
         const int64_t w0 = s * span_words, w1 = std::min(words, w0 + span_words);
         const int64_t g0 = c * groups_per_chunk, g1 = std::min(groups, g0 + groups_per_chunk);
         if (vector) decode_avx512(args, w0, w1, g0, g1, pp + c * M * N);
+        else if (avx2) decode_avx2(args, w0, w1, g0, g1, pp + c * M * N);
         else decode_scalar(args, scale_dtype, w0, w1, g0, g1, pp + c * M * N);
       }
     });

@@ -41,6 +41,13 @@ inline int64_t channel_of_packed_position(int64_t block_first_word, int64_t posi
 // True when this binary has the AVX-512 kernels and the CPU running it can execute them.
 bool avx512_available();
 
+// True when the CPU has AVX2 + FMA + F16C (awq_gemm_avx2.cpp: the decode loop for CPUs without AVX-512).
+bool avx2_available();
+
+// The AVX2 decode loop: same contract as decode_avx512 below (fp16 scales).
+void decode_avx2(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, int64_t group_begin, int64_t group_end,
+                 float* y);
+
 // y[m, 8*word_begin .. 8*word_end) (fp32, row stride N) = the part of x @ W^T that comes from groups
 // group_begin..group_end (rows k = G*group_begin .. G*group_end of W^T), for those columns, all M rows.
 // word_begin must be a multiple of kBlockWords; word_end may cut the last block short (N % 128 != 0).
