@@ -218,6 +218,24 @@ def test_half_precision_close_to_fp32_and_finite(tmp_path_factory, dtype, tol):
     assert err < tol, f"{dtype}: relative error {err:.3e}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_decode_steps_match_the_full_sequence(tmp_path_factory, dtype):
+    # On the CPU a half-precision decode step (T = 1) takes the attention matmuls through fp32 with one rounding;
+    # the full sequence uses torch's half matmul. Same values up to summation order: the logits agree to a few
+    # ulps of the dtype, relative to their scale.
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("halfcache"), quantized=True, seed=9)
+    model = minimoe.load_model(path, dtype=dtype)
+    ids = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(2))
+    full = model(ids)
+    cache = model.new_cache()
+    steps = [model(ids[:, :3], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(3, 10)]
+    got = torch.cat(steps, dim=1)
+    assert torch.isfinite(got).all()
+    ulp = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-10
+    err = (got.float() - full.float()).abs().max().item() / full.float().abs().max().item()
+    assert err < 8 * ulp, f"{dtype}: relative error {err:.3e}"
+
+
 def test_too_long_prompt_and_bad_ids_are_clear_errors(fp32_model):
     limit = fp32_model.config.max_position_embeddings
     with pytest.raises(ValueError, match=f"exceed the model's context of {limit}"):
