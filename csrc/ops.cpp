@@ -7,12 +7,15 @@
 //    so `torch.ops.minimoe.awq_gemm(x, ...)` runs the CPU or the CUDA kernel depending on x.device.
 //    Shape-only ("fake") implementations, which torch.compile uses to trace without running kernels,
 //    are registered from Python in minimoe/ops.py (torch.library.register_fake).
-// 2. Exposes `build_info()` to Python: what this binary was compiled with, and which kernels exist.
+// 2. Exposes `build_info()` to Python: what this binary was compiled with, which kernels exist, and which CPU
+//    instruction-set tier they use on this machine.
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include <string>
 #include <vector>
+
+#include "cpu/awq_gemm.h"
 
 #ifndef MINIMOE_CUDA_ARCHS
 #define MINIMOE_CUDA_ARCHS ""
@@ -53,6 +56,11 @@ pybind11::dict build_info() {
   pybind11::dict kernels;
   for (const char* op : {"awq_unpack", "awq_gemm", "linear_stored"}) kernels[op] = devices_with_kernel(op);
   info["kernels"] = kernels;
+  // The CPU kernels' instruction-set tier on this machine (the automatic choice; MINIMOE_CPU_ISA overrides it
+  // per call), and whether the bf16 prefill runs on AMX.
+  namespace cpu = minimoe::cpu;
+  info["cpu_isa"] = std::string(cpu::avx512_available() ? "avx512" : cpu::avx2_available() ? "avx2" : "scalar");
+  info["cpu_amx"] = cpu::amx_available();
   return info;
 }
 

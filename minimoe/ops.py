@@ -68,6 +68,8 @@ def build_info() -> dict:
         "cuda_compiled": False,
         "cuda_archs": [],
         "kernels": {},
+        "cpu_isa": None,
+        "cpu_amx": False,
         "torch_version": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
@@ -78,6 +80,8 @@ def build_info() -> dict:
         info["cuda_archs"] = [a for a in str(native["cuda_archs"]).replace(",", ";").split(";") if a]
         info["kernels"] = {name: list(devices) for name, devices in native["kernels"].items()}
         info["compiled_with_torch"] = native["compiled_with_torch"]
+        info["cpu_isa"] = str(native["cpu_isa"])  # avx512 | avx2 | scalar: the CPU kernels' tier here
+        info["cpu_amx"] = bool(native["cpu_amx"])  # bf16 prefill on AMX tiles
     info["backend"] = {"cpu": backend("cpu"), "cuda": backend("cuda")}
     return info
 

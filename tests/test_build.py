@@ -40,6 +40,28 @@ def test_cuda_compiled_when_torch_and_toolkit_have_cuda():
         assert "cuda" in info["kernels"]["awq_unpack"]
 
 
+def test_cpu_isa_tier_matches_the_cpu_flags():
+    # Independent of the extension's cpuid calls: the kernel tier must agree with the flags Linux reports.
+    info = ops.build_info()
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags on this system")
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        expected = "avx512"
+    elif {"avx2", "fma", "f16c"} <= flags:
+        expected = "avx2"
+    else:
+        expected = "scalar"
+    assert info["cpu_isa"] == expected
+    if info["cpu_amx"]:
+        assert {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags
+
+
 def test_ops_registered_under_torch_ops_minimoe():
     assert hasattr(torch.ops.minimoe, "awq_unpack")
     assert hasattr(torch.ops.minimoe, "awq_gemm")

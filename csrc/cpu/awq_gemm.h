@@ -68,6 +68,8 @@ void dequant_tile_avx512(const AwqGemmArgs& a, int64_t word_begin, int64_t word_
 // prefill_amx.cpp: bf16 x [M, K] (x_bf16, row-major) times W^T dequantized to bf16 (round to nearest even, as
 // torch.matmul on weights dequantized to bf16), fp32 accumulation on AMX tiles; y_bf16 is [M, N] row-major.
 bool prefill_bf16_amx(const AwqGemmArgs& a, const uint16_t* x_bf16, uint16_t* y_bf16);
+// True when prefill_bf16_amx can run here: the CPU has AMX-TILE/AMX-BF16/AVX512-BF16 and Linux granted AMX state.
+bool amx_available();
 
 // prefill_fp32.cpp: fp32 x (a.x) times the exact fp32 W^T, AVX-512 FMA micro-kernel; y is fp32 [M, N].
 bool prefill_fp32_avx512(const AwqGemmArgs& a, float* y);

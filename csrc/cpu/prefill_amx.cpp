@@ -440,6 +440,8 @@ void pack_x(const uint16_t* x, int64_t M, int64_t K, int64_t Kp, int64_t mb0, in
 
 }  // namespace
 
+bool amx_available() { return amx_usable(); }
+
 bool prefill_bf16_amx(const AwqGemmArgs& a, const uint16_t* x_bf16, uint16_t* y_bf16) {
   if (!amx_usable()) return false;
   const int64_t Mp = (a.M + 15) / 16 * 16, Kp = (a.K + kTileK - 1) / kTileK * kTileK;
@@ -459,6 +461,7 @@ bool prefill_bf16_amx(const AwqGemmArgs& a, const uint16_t* x_bf16, uint16_t* y_
 
 namespace minimoe {
 namespace cpu {
+bool amx_available() { return false; }
 bool prefill_bf16_amx(const AwqGemmArgs&, const uint16_t*, uint16_t*) { return false; }
 }  // namespace cpu
 }  // namespace minimoe
