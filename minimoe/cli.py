@@ -25,15 +25,15 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"torch              {info['torch_version']} (CUDA {info['torch_cuda']}, GPU available: {info['cuda_available']})")
-    print(f"extension loaded   {info['extension_loaded']}" + (f"  ({info['import_error']})" if info["import_error"] else ""))
-    print(f"CUDA compiled      {info['cuda_compiled']}  archs: {', '.join(info['cuda_archs']) or '-'}")
+    print(f"torch                 {info['torch_version']} (CUDA {info['torch_cuda']}, GPU available: {info['cuda_available']})")
+    print(f"extension loaded      {info['extension_loaded']}" + (f"  ({info['import_error']})" if info["import_error"] else ""))
+    print(f"CUDA compiled         {info['cuda_compiled']}  archs: {', '.join(info['cuda_archs']) or '-'}")
     for op, devices in info["kernels"].items():
-        print(f"{'kernel ' + op:<19}{', '.join(devices) or '-'}")
-    print(f"awq_gemm backend   cpu: {info['backend']['cpu']}, cuda: {info['backend']['cuda']}")
+        print(f"{'kernel ' + op:<22}{', '.join(devices) or '-'}")
+    print(f"awq_gemm backend      cpu: {info['backend']['cpu']}, cuda: {info['backend']['cuda']}")
     if info["cpu_isa"]:
         amx = ", bf16 prefill on AMX" if info["cpu_amx"] else ""
-        print(f"CPU kernels        {info['cpu_isa']}{amx}")
+        print(f"CPU kernels           {info['cpu_isa']}{amx}")
     return 0
 
 
