@@ -78,6 +78,14 @@ MINIMOE_AVX512 inline void load_zeros_packed(const uint32_t* words, __mmask16 la
   }
 }
 
+// fp32 -> bf16, round to nearest even, in integer ops (no AVX512-BF16 needed): add 0x7FFF + the lowest bit that
+// is kept (bit 16), so ties go to even. The bf16 is the top half of each returned lane; the low half is garbage.
+MINIMOE_AVX512 inline __m512i round_to_bf16_bits(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  return _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+}
+
 // Lane mask for a block holding `words_in_block` packed words (a short last block when N % 128 != 0).
 MINIMOE_AVX512 inline __mmask16 lanes_of(int64_t words_in_block) {
   return words_in_block >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << words_in_block) - 1);

@@ -30,16 +30,22 @@ struct AwqGemmArgs {
   int64_t M, K, N, G;
 };
 
-// "Packed order" inside a block, used by both kernels: position i * 16 + l holds channel 8 * (w0 + l) + ORDER[i]
+// "Packed order" inside a block, used by all the kernels: position i * 16 + l holds channel 8 * (w0 + l) + ORDER[i]
 // (word l of the block, nibble i of that word). It is the order in which a vector register naturally holds
 // nibbles after one shift; un-permuting it to channel order happens once per output, never per weight.
-inline int64_t channel_of_packed_position(int64_t block_first_word, int64_t position) {
-  const int64_t nibble = position / kBlockWords, lane = position % kBlockWords;
+// block_words: words per block, 16 (one zmm of words); the AVX2 loop uses blocks of 8 (one ymm).
+inline int64_t channel_of_packed_position(int64_t block_first_word, int64_t position,
+                                          int64_t block_words = kBlockWords) {
+  const int64_t nibble = position / block_words, lane = position % block_words;
   return 8 * (block_first_word + lane) + ((nibble & 3) * 2 + (nibble >> 2));  // ORDER[i] = (i%4)*2 + i/4
 }
 
 // True when this binary has the AVX-512 kernels and the CPU running it can execute them.
 bool avx512_available();
+
+// The instruction-set tier the kernels pick on this CPU when MINIMOE_CPU_ISA does not force one:
+// "avx512", "avx2" or "scalar" (awq_gemm.cpp; also reported by build_info()).
+const char* default_isa_name();
 
 // True when the CPU has AVX2 + FMA + F16C (awq_gemm_avx2.cpp: the decode loop for CPUs without AVX-512).
 bool avx2_available();

@@ -108,11 +108,6 @@ MINIMOE_AVX2 inline __m256i lanes_of(int64_t words_in_block) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(words_in_block, kWords))), index);
 }
 
-inline int64_t channel_of_position(int64_t block_first_word, int64_t position) {
-  const int64_t nibble = position / kWords, lane = position % kWords;
-  return 8 * (block_first_word + lane) + ((nibble & 3) * 2 + (nibble >> 2));  // ORDER[i] = (i%4)*2 + i/4
-}
-
 }  // namespace
 
 MINIMOE_AVX2 void decode_avx2(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, int64_t group_begin,
@@ -152,7 +147,7 @@ MINIMOE_AVX2 void decode_avx2(const AwqGemmArgs& a, int64_t word_begin, int64_t 
       for (int64_t p = 0; p < kChannels; ++p) {
         s16[p] = zs[p] = 0.0f;  // padding lanes: contribute exactly 0
         if (p % kWords < block_words) {
-          const int64_t channel = channel_of_position(w0, p);
+          const int64_t channel = channel_of_packed_position(w0, p, kWords);
           uint16_t bits;
           std::memcpy(&bits, scales + g * a.N + channel, 2);
           const float s = _cvtsh_ss(bits);
@@ -177,7 +172,8 @@ MINIMOE_AVX2 void decode_avx2(const AwqGemmArgs& a, int64_t word_begin, int64_t 
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t w0 = word_begin + b * kWords, block_words = std::min(kWords, word_end - w0);
       for (int64_t p = 0; p < kChannels; ++p)
-        if (p % kWords < block_words) y[m * a.N + channel_of_position(w0, p)] = y_acc[m * width + b * kChannels + p];
+        if (p % kWords < block_words)
+          y[m * a.N + channel_of_packed_position(w0, p, kWords)] = y_acc[m * width + b * kChannels + p];
     }
 }
 

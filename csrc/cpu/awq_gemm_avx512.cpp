@@ -236,11 +236,7 @@ MINIMOE_AVX512 void dequant_tile_avx512(const AwqGemmArgs& a, int64_t word_begin
           const __m512 value = _mm512_fmsub_ps(v[i], _mm512_loadu_ps(&s16[b * kBlockChannels + i * 16]),
                                                _mm512_loadu_ps(&zs[b * kBlockChannels + i * 16]));
           if (bf16) {
-            // fp32 -> bf16, round to nearest even: add 0x7FFF + (bit 16), keep the top half.
-            __m512i bits = _mm512_castps_si512(value);
-            const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-            bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-            const __m256i half = _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16));
+            const __m256i half = _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_to_bf16_bits(value), 16));
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<uint16_t*>(tile) + offset + i * 16), half);
           } else {
             _mm512_storeu_ps(static_cast<float*>(tile) + offset + i * 16, value);

@@ -32,16 +32,6 @@ namespace {
 // Rows of W per work item: 64 rows x 4096 x 2 B = 512 KB, a few hundred items for the lm_head.
 constexpr int64_t kRowsPerItem = 64;
 
-// Round an fp32 value to bf16 precision (nearest even), keeping it in fp32 bits: add 0x7FFF + the lowest kept
-// bit, clear the low half. Exact for values that already are bf16. (No NaN weights in a checkpoint we loaded.)
-inline float round_to_bf16(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
-
 inline float stored_to_float(const void* w, bool fp16, int64_t i) {
   return fp16 ? static_cast<float>(static_cast<const at::Half*>(w)[i])
               : static_cast<float>(static_cast<const at::BFloat16*>(w)[i]);
@@ -55,7 +45,7 @@ void rows_scalar(const float* x, const void* w, bool fp16, bool round_bf16, int6
       float sum = 0.0f;
       for (int64_t k = 0; k < K; ++k) {
         float wv = stored_to_float(w, fp16, n * K + k);
-        if (round_bf16) wv = round_to_bf16(wv);
+        if (round_bf16) wv = static_cast<float>(static_cast<at::BFloat16>(wv));  // c10 rounds to nearest even
         sum += x[m * K + k] * wv;
       }
       y[m * N + n] = sum;
@@ -69,11 +59,9 @@ void rows_scalar(const float* x, const void* w, bool fp16, bool round_bf16, int6
 template <bool kFp16, bool kRoundBf16>
 MINIMOE_AVX512 inline __m512 widen(__m256i half) {
   __m512 v = kFp16 ? _mm512_cvtph_ps(half) : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-  if constexpr (kRoundBf16) {
-    const __m512i bits = _mm512_castps_si512(v);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-    v = _mm512_castsi512_ps(_mm512_and_si512(rounded, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  if constexpr (kRoundBf16) {  // keep the rounded bf16 as an fp32: clear the low half
+    const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+    v = _mm512_castsi512_ps(_mm512_and_si512(avx512::round_to_bf16_bits(v), high_half));
   }
   return v;
 }
