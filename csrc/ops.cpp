@@ -58,9 +58,8 @@ pybind11::dict build_info() {
   info["kernels"] = kernels;
   // The CPU kernels' instruction-set tier on this machine (the automatic choice; MINIMOE_CPU_ISA overrides it
   // per call), and whether the bf16 prefill runs on AMX.
-  namespace cpu = minimoe::cpu;
-  info["cpu_isa"] = std::string(cpu::avx512_available() ? "avx512" : cpu::avx2_available() ? "avx2" : "scalar");
-  info["cpu_amx"] = cpu::amx_available();
+  info["cpu_isa"] = std::string(minimoe::cpu::default_isa_name());
+  info["cpu_amx"] = minimoe::cpu::amx_available();
   return info;
 }
 

@@ -84,23 +84,39 @@ bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector) {
 
 enum class Isa { kScalar, kAvx2, kAvx512 };
 
+// The best tier this CPU can run: what "auto" means.
+Isa auto_isa() { return avx512_available() ? Isa::kAvx512 : avx2_available() ? Isa::kAvx2 : Isa::kScalar; }
+
 Isa choose_isa() {
   const char* env = std::getenv("MINIMOE_CPU_ISA");
   const std::string wish = env ? env : "";
-  const bool have_avx512 = avx512_available(), have_avx2 = avx2_available();
   if (wish == "scalar") return Isa::kScalar;
   if (wish == "avx512") {
-    TORCH_CHECK(have_avx512, "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx512 but this CPU (or this build) has no AVX-512");
+    TORCH_CHECK(avx512_available(),
+                "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx512 but this CPU (or this build) has no AVX-512");
     return Isa::kAvx512;
   }
   if (wish == "avx2") {
-    TORCH_CHECK(have_avx2, "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx2 but this CPU (or this build) has no AVX2/FMA/F16C");
+    TORCH_CHECK(avx2_available(),
+                "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx2 but this CPU (or this build) has no AVX2/FMA/F16C");
     return Isa::kAvx2;
   }
   TORCH_CHECK(wish.empty() || wish == "auto",
               "minimoe::awq_gemm: MINIMOE_CPU_ISA must be auto, avx512, avx2 or scalar, found '", wish, "'");
-  return have_avx512 ? Isa::kAvx512 : have_avx2 ? Isa::kAvx2 : Isa::kScalar;
+  return auto_isa();
 }
+
+}  // namespace
+
+const char* default_isa_name() {
+  switch (auto_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+namespace {
 
 // ---- scalar kernels: natural channel order, portable C++ --------------------------------------------------
 // They compute the same quantities as the AVX-512 ones by the textbook formula (sum x*q, then s * (D - z X))

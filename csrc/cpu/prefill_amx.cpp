@@ -102,11 +102,7 @@ bool ask_amx() {
   if (!amx_tile || !amx_bf16 || eax < 1) return false;  // eax of subleaf 0 = highest subleaf
   __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx);
   const bool avx512_bf16 = (eax >> 5) & 1u;
-  __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("fma");
-  if (!avx512_bf16 || !avx512) return false;
+  if (!avx512_bf16 || !avx512_available()) return false;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 
@@ -266,20 +262,27 @@ MINIMOE_AMX void dequant_chunk(const AwqGemmArgs& a, int64_t w0, int64_t blocks,
 // Tiles: 0..3 = C (2 x 2: rows m0 / m0+16 x columns t / t+1), 4, 5 = A (the two 16-row blocks of x), 6, 7 = B.
 // A and B tiles are 1 KB each, k blocks one after the other. c points at the accumulator [rows][128] fp32
 // (512-byte rows) at row m0, column 16 t. Loads are interleaved with the multiplies so operands are requested
-// early.
-MINIMOE_AMX void tiles_2x2(const uint16_t* a0, const uint16_t* a1, const uint16_t* b0,
-                           const uint16_t* b1, int64_t kbs, float* c, bool first) {
+// early. kTwoRows = false is the 1 x 2 case (C = 0, 1; A = 4; a1 unused) for the last 16 rows when the padded
+// M is an odd number of 16-row blocks. (Tile numbers must be immediates, hence the template, not a loop.)
+template <bool kTwoRows>
+MINIMOE_AMX void tiles_x2(const uint16_t* a0, const uint16_t* a1, const uint16_t* b0, const uint16_t* b1,
+                          int64_t kbs, float* c, bool first) {
   constexpr int64_t kCStride = kBlockChannels * sizeof(float);
+  float* c1 = c + 16 * kBlockChannels;  // C rows m0 + 16 ..
   if (first) {
     _tile_zero(0);
     _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    if constexpr (kTwoRows) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
   } else {
     _tile_loadd(0, c, kCStride);
     _tile_loadd(1, c + 16, kCStride);
-    _tile_loadd(2, c + 16 * kBlockChannels, kCStride);
-    _tile_loadd(3, c + 16 * kBlockChannels + 16, kCStride);
+    if constexpr (kTwoRows) {
+      _tile_loadd(2, c1, kCStride);
+      _tile_loadd(3, c1 + 16, kCStride);
+    }
   }
   for (int64_t kb = 0; kb < kbs; ++kb) {
     _tile_loadd(4, a0 + kb * kTileHalves, 64);
@@ -287,36 +290,18 @@ MINIMOE_AMX void tiles_2x2(const uint16_t* a0, const uint16_t* a1, const uint16_
     _tile_dpbf16ps(0, 4, 6);
     _tile_loadd(7, b1 + kb * kTileHalves, 64);
     _tile_dpbf16ps(1, 4, 7);
-    _tile_loadd(5, a1 + kb * kTileHalves, 64);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    if constexpr (kTwoRows) {
+      _tile_loadd(5, a1 + kb * kTileHalves, 64);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
   }
   _tile_stored(0, c, kCStride);
   _tile_stored(1, c + 16, kCStride);
-  _tile_stored(2, c + 16 * kBlockChannels, kCStride);
-  _tile_stored(3, c + 16 * kBlockChannels + 16, kCStride);
-}
-
-// The last 16 rows when the padded M is an odd number of 16-row blocks: 1 x 2 (C = 0, 1; A = 4; B = 6, 7).
-MINIMOE_AMX void tiles_1x2(const uint16_t* a0, const uint16_t* b0, const uint16_t* b1, int64_t kbs,
-                           float* c, bool first) {
-  constexpr int64_t kCStride = kBlockChannels * sizeof(float);
-  if (first) {
-    _tile_zero(0);
-    _tile_zero(1);
-  } else {
-    _tile_loadd(0, c, kCStride);
-    _tile_loadd(1, c + 16, kCStride);
+  if constexpr (kTwoRows) {
+    _tile_stored(2, c1, kCStride);
+    _tile_stored(3, c1 + 16, kCStride);
   }
-  for (int64_t kb = 0; kb < kbs; ++kb) {
-    _tile_loadd(4, a0 + kb * kTileHalves, 64);
-    _tile_loadd(6, b0 + kb * kTileHalves, 64);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(7, b1 + kb * kTileHalves, 64);
-    _tile_dpbf16ps(1, 4, 7);
-  }
-  _tile_stored(0, c, kCStride);
-  _tile_stored(1, c + 16, kCStride);
 }
 
 // ---- output: packed order fp32 -> channel order bf16 ------------------------------------------------------------
@@ -386,9 +371,9 @@ MINIMOE_AMX void multiply_chunk(const Problem& p, const uint16_t* b, int64_t kbc
       const uint16_t* b0 = b + t * kbc * kTileHalves;
       const uint16_t* b1 = b0 + kbc * kTileHalves;
       if (m0 + 32 <= p.Mp)
-        tiles_2x2(p.a_tile(mb, kb0), p.a_tile(mb + 1, kb0), b0, b1, kbc, c + 16 * t, first_chunk);
+        tiles_x2<true>(p.a_tile(mb, kb0), p.a_tile(mb + 1, kb0), b0, b1, kbc, c + 16 * t, first_chunk);
       else
-        tiles_1x2(p.a_tile(mb, kb0), b0, b1, kbc, c + 16 * t, first_chunk);
+        tiles_x2<false>(p.a_tile(mb, kb0), nullptr, b0, b1, kbc, c + 16 * t, first_chunk);
     }
     if (last_chunk) write_rows(c, std::min<int64_t>(32, p.a->M - m0), p.y + m0 * p.a->N, p.a->N, w0, block_words);
   }
