@@ -42,6 +42,7 @@ from minimoe.checkpoint import Checkpoint, linear_names  # noqa: E402
 from minimoe.generate import SamplingConfig, generate_ids  # noqa: E402
 from minimoe.testing import CONFINUS_SHAPE, make_tiny_checkpoint  # noqa: E402
 from floors import copy_bandwidth, read_bandwidth  # noqa: E402  (benchmarks/floors.py)
+from report import write_json  # noqa: E402  (benchmarks/report.py)
 
 MID_CONFIG = dict(vocab_size=32000, hidden_size=1024, intermediate_size=3584, num_hidden_layers=8,
                   num_attention_heads=16, num_key_value_heads=4, num_local_experts=2, num_experts_per_tok=2,
@@ -335,10 +336,8 @@ def main() -> int:
         if not args.skip_mid:
             report["mid"] = run_mid(args.prompt_tokens, args.decode_tokens)
             print_mid(report["mid"])
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"\nwrote {args.out}")
+    print()
+    write_json(args.out, report, indent=2)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -38,6 +37,7 @@ if ROOT not in sys.path:
 
 from minimoe import awq, ops  # noqa: E402
 from floors import read_bandwidth  # noqa: E402  (benchmarks/floors.py)
+from report import write_json  # noqa: E402  (benchmarks/report.py)
 
 G = 128
 SHAPES = [(4096, 14336), (14336, 4096), (4096, 4096), (4096, 1024)]  # w1/w3, w2, q/o_proj, k/v_proj
@@ -183,10 +183,7 @@ def main():
         "group_size": G,
         "rows": rows_out,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ sys.path.insert(0, ROOT)
 
 from minimoe import awq  # noqa: E402
 from floors import copy_bandwidth  # noqa: E402  (benchmarks/floors.py)
+from report import write_json  # noqa: E402  (benchmarks/report.py)
 
 DEV = os.path.join(ROOT, "csrc", "dev")
 REAL_SHAPES = [  # (M, K, N, G): w1/w3 (4096 -> 14336) and w2 (14336 -> 4096) of Confinus-2x7B
@@ -327,10 +328,8 @@ def main() -> None:
             rows += bench_shape(chosen, *shape, dtype, copy_gbs)
             torch.cuda.empty_cache()
         result["rows"] = rows
-    os.makedirs(args.out, exist_ok=True)
     name = "kernel_cuda_sweep.json" if args.sweep else "kernel_cuda.json"
-    with open(os.path.join(args.out, name), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(os.path.join(args.out, name), result)
     if rows:
         print_table(rows)
     sys.exit(1 if failed or build_errors else 0)

@@ -16,7 +16,6 @@ Prints a table and writes the numbers as JSON (for plots and docs/tokenizer.md).
 """
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -28,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from minimoe.tokenizer import load_tokenizer  # noqa: E402
+from report import write_json  # noqa: E402  (benchmarks/report.py)
 
 CODE_MODULES = [
     "heapq.py", "bisect.py", "textwrap.py", "string.py", "fractions.py", "statistics.py", "json/decoder.py",
@@ -162,10 +162,7 @@ def main() -> None:
         "sentencepiece": spm.__version__, "machine": platform.machine(), "processor": platform.processor(),
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result, indent=2)
 
 
 if __name__ == "__main__":
