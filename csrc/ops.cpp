@@ -27,6 +27,9 @@ TORCH_LIBRARY(minimoe, m) {
   m.def("awq_unpack(Tensor packed) -> Tensor");
   // y[M, N] = x[M, K] @ dequantize(qweight, qzeros, scales)   (x in fp32/fp16/bf16, fp32 accumulation)
   m.def("awq_gemm(Tensor x, Tensor qweight, Tensor qzeros, Tensor scales, int group_size) -> Tensor");
+  // [awq_gemm(x[i], qweight[i], qzeros[i], scales[i], group_size[i]) for each i], in one call: the CPU kernel
+  // runs the decode-sized products in one parallel region (a layer's q, k and v; both experts' w1 and w3).
+  m.def("awq_gemm_many(Tensor[] x, Tensor[] qweight, Tensor[] qzeros, Tensor[] scales, int[] group_size) -> Tensor[]");
   // y[M, N] = x[M, K] @ weight.to(x.dtype)^T with weight [N, K] kept in its stored fp16/bf16 (CPU: the lm_head)
   m.def("linear_stored(Tensor x, Tensor weight) -> Tensor");
 }
@@ -54,7 +57,7 @@ pybind11::dict build_info() {
   info["cuda_archs"] = std::string(MINIMOE_CUDA_ARCHS);
   info["compiled_with_torch"] = std::string(TORCH_VERSION);
   pybind11::dict kernels;
-  for (const char* op : {"awq_unpack", "awq_gemm", "linear_stored"}) kernels[op] = devices_with_kernel(op);
+  for (const char* op : {"awq_unpack", "awq_gemm", "awq_gemm_many", "linear_stored"}) kernels[op] = devices_with_kernel(op);
   info["kernels"] = kernels;
   // The CPU kernels' instruction-set tier on this machine (the automatic choice; MINIMOE_CPU_ISA overrides it
   // per call), and whether the bf16 prefill runs on AMX.

@@ -3,9 +3,11 @@
     Linear      y = x W^T (+ b) with W [out, in] in the model's dtype         (fp16/bf16/fp32 checkpoints)
     AWQLinear   y = x @ dequant(qweight, qzeros, scales) (+ b), int4 weights  (AWQ checkpoints)
 
+    linear_many([x1, x2, ...], [layer1, layer2, ...]) = [layer1(x1), layer2(x2), ...] in fewer kernel calls
+
 This is the only place where model code meets the kernels: AWQLinear calls `minimoe.ops.awq_gemm`, which
 runs the compiled CPU/CUDA kernel for the tensors' device when the extension has one, else the pure-PyTorch
-reference in `minimoe.awq`. Weights are buffers/parameters without gradients: minimoe is an inference engine,
+reference in `minimoe.awq`; linear_many hands a list of AWQLinear products to `minimoe.ops.awq_gemm_many`. Weights are buffers/parameters without gradients: minimoe is an inference engine,
 but nothing here stops a reader from making them trainable.
 """
 
@@ -71,3 +73,25 @@ class AWQLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, "
                 f"bias={self.bias is not None}, backend={ops.backend(self.qweight.device)}")
+
+
+def linear_many(xs: torch.Tensor | list[torch.Tensor], layers) -> list[torch.Tensor]:
+    """[layer(x) for x, layer in zip(xs, layers)]; xs may be one tensor that every layer takes.
+
+    The same values, bit for bit. Only the number of kernel calls changes: the AWQLinear layers among them go
+    to the kernel together (`ops.awq_gemm_many`), which on the CPU runs a decode step's small products in one
+    parallel region. A layer's q/k/v projections, or both experts' w1 and w3, are each a few hundred KB of
+    int4 at the mid-size shapes, too little to keep two cores busy one call at a time.
+    """
+    layers = list(layers)
+    xs = [xs] * len(layers) if isinstance(xs, torch.Tensor) else list(xs)
+    quantized = [i for i, layer in enumerate(layers) if isinstance(layer, AWQLinear)]
+    ys: list[torch.Tensor | None] = [None] * len(layers)
+    if len(quantized) > 1:
+        products = ops.awq_gemm_many(
+            [xs[i] for i in quantized],
+            [(layers[i].qweight, layers[i].qzeros, layers[i].scales, layers[i].group_size) for i in quantized])
+        for i, y in zip(quantized, products):
+            bias = layers[i].bias
+            ys[i] = y if bias is None else y + bias.to(y.dtype)
+    return [y if y is not None else layer(x) for x, layer, y in zip(xs, layers, ys)]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from minimoe import ops
 from minimoe.config import DTYPES, ModelConfig
-from minimoe.linear import AWQLinear, Linear
+from minimoe.linear import AWQLinear, Linear, linear_many
 
 
 class RMSNorm(nn.Module):
@@ -127,9 +127,10 @@ class Attention(nn.Module):
                 cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)     # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)   # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)
+        q, k, v = linear_many(x, (self.q_proj, self.k_proj, self.v_proj))  # one kernel call for all three
+        q = q.view(B, T, H, D).transpose(1, 2)     # (B, H, T, D)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)   # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)          # (B, Hkv, L, D)
@@ -197,7 +198,15 @@ class Expert(nn.Module):
         self.w3 = Linear(hidden_size, intermediate_size, dtype=dtype)  # up projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return run_experts([self], [x])[0]
+
+
+def run_experts(experts: list[Expert], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[expert(x) for expert, x in zip(experts, xs)], batching the kernel calls across experts: all w1 and w3
+    in one linear_many call, then all w2 in another (a decode step with two experts: 2 calls instead of 6)."""
+    gates_and_ups = linear_many([x for x in xs for _ in (0, 1)], [w for e in experts for w in (e.w1, e.w3)])
+    hidden = [F.silu(gate) * up for gate, up in zip(gates_and_ups[0::2], gates_and_ups[1::2])]
+    return linear_many(hidden, [e.w2 for e in experts])
 
 
 class SparseMoeBlock(nn.Module):
@@ -224,15 +233,18 @@ class SparseMoeBlock(nn.Module):
             # top-E of E (Confinus-2x7B: top-2 of 2): every token uses every expert, so there is nothing to
             # group; skip the gather/scatter and weight each expert's output by its column of dense weights.
             dense = torch.zeros_like(route.weights).scatter(1, route.experts, route.weights).to(x.dtype)
-            for e, expert in enumerate(self.experts):
-                out += expert(tokens) * dense[:, e, None]
+            ys = run_experts(list(self.experts), [tokens] * len(self.experts))
+            for e, y in enumerate(ys):
+                out += y * dense[:, e, None]
             return out.view(B, T, C), route
+        chosen = []  # (expert, which tokens chose it, in which of their k slots)
         for e, expert in enumerate(self.experts):
-            token_index, slot = torch.where(route.experts == e)   # which tokens chose e, and in which of k slots
-            if token_index.numel() == 0:
-                continue
-            y = expert(tokens[token_index]) * weights[token_index, slot, None]
-            out.index_add_(0, token_index, y)
+            token_index, slot = torch.where(route.experts == e)
+            if token_index.numel():
+                chosen.append((expert, token_index, slot))
+        ys = run_experts([expert for expert, _, _ in chosen], [tokens[token_index] for _, token_index, _ in chosen])
+        for (_, token_index, slot), y in zip(chosen, ys):
+            out.index_add_(0, token_index, y * weights[token_index, slot, None])
         return out.view(B, T, C), route
 
 
@@ -247,7 +259,8 @@ class MLP(nn.Module):
         self.down_proj = Linear(c.intermediate_size, c.hidden_size, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), None
+        gate, up = linear_many(x, (self.gate_proj, self.up_proj))
+        return self.down_proj(F.silu(gate) * up), None
 
 
 class DecoderLayer(nn.Module):

@@ -31,6 +31,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -55,9 +56,11 @@ constexpr int64_t kDecodeSpanFloats = 64 * 1024;
 // count): about 8 groups (1024 rows at G = 128) per chunk, at most 8 chunks, so every chunk is a slab of
 // at least ~0.5 MB of qweight at the real layer shapes and two threads always have several chunks to share.
 inline int64_t decode_k_chunks(int64_t groups) { return std::clamp<int64_t>(groups / 8, 1, 8); }
-// Decode wants at least this many work items, so that small layers (K = 1024: one chunk) still give every
-// thread something to do; when the K chunks alone are fewer, the columns are cut into spans as well.
-constexpr int64_t kDecodeMinItems = 8;
+// Decode wants at least one work item per thread, so that small layers (K = 1024: one chunk) still give every
+// thread something to do; when the K chunks alone are fewer, the columns are cut into spans as well, but no
+// more than that: a thread's row segments should stay long (measured, 8 layers of the mid-size model at 2
+// threads: 256-byte segments, from 8 items per product, took 15-20% longer than 896-byte ones from 2). Spans
+// change no result, so they may depend on the thread count; chunks may not.
 // Below this many floats of partial sums, decode adds them up on the calling thread.
 constexpr int64_t kSerialFinishFloats = 64 * 1024;
 constexpr int64_t kPrefillTileWords = 4 * kBlockWords;
@@ -187,8 +190,7 @@ void dequant_tile_scalar(const AwqGemmArgs& a, at::ScalarType scale_dtype, int64
 // ---- argument checks -----------------------------------------------------------------------------------
 
 void check_arguments(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros, const at::Tensor& scales,
-                     int64_t group_size) {
-  const char* op = "minimoe::awq_gemm (CPU)";
+                     int64_t group_size, const std::string& op = "minimoe::awq_gemm (CPU)") {
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"x", x}, {"qweight", qweight},
                                 {"qzeros", qzeros}, {"scales", scales}}) {
     TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, found one on ", t.device());
@@ -258,103 +260,167 @@ class SingleThreadedBlas {
 
 }  // namespace
 
+namespace {
+
+// ---- decode: stream the packed weights once ----------------------------------------------------------
+// Work items are (K chunk, column span) pairs. K is cut into a fixed number of chunks of whole groups, chosen
+// from the shape alone: a thread then streams a contiguous slab of qweight (whole rows, one after the other),
+// which the prefetchers follow at full speed, instead of a 1-3 KB piece of every row (which is what splitting
+// only N between threads gives: measured 25-39% of read bandwidth for N <= 4096 that way).
+// Each chunk writes its own partial [M, N]; the partials are then added in chunk order. Chunks never depend
+// on the thread count, and spans cannot change a bit of any output, so neither do the results.
+// Spans keep a chunk's [M, span] running sums L2-resident when M is large. At M = 1 a span is a whole row,
+// unless the layer is so small (K = 1024: one chunk) that spans are needed to give every thread an item.
+//
+// One product is one DecodeJob. awq_gemm_many puts the items of several jobs (q, k and v of one layer; both
+// experts' w1 and w3) into one parallel region: a small layer alone cannot keep two cores busy (K = 1024,
+// N = 256 is 128 KB), and each call pays a parallel region and a tail where one thread waits for the other.
+struct DecodeJob {
+  at::Tensor y, xf, xsum, partial;  // output, x in fp32, its per-group sums, per-chunk partial sums (or y)
+  AwqGemmArgs args;
+  at::ScalarType out_dtype, scale_dtype;
+  bool vector, avx2;
+  int64_t chunks, groups_per_chunk, spans, span_words;
+  bool direct;  // fp32 output from a single chunk: the kernel writes y itself
+};
+
+DecodeJob plan_decode(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros, const at::Tensor& scales,
+                      int64_t G, at::Tensor y, bool vector, bool avx2) {
+  DecodeJob job;
+  const int64_t M = x.size(0), K = qweight.size(0), words = qweight.size(1), N = 8 * words, groups = K / G;
+  job.y = y;
+  job.out_dtype = x.scalar_type();
+  job.scale_dtype = scales.scalar_type();
+  job.vector = vector;
+  job.avx2 = avx2;
+  // x in fp32 (exact for bf16/fp16 inputs) and its per-group sums, summed left to right: the zero-point term.
+  job.xf = x.to(at::kFloat);
+  job.xsum = at::empty({M, groups}, job.xf.options());
+  const float* px = job.xf.data_ptr<float>();
+  float* ps = job.xsum.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      float sum = 0.0f;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += px[m * K + k];
+      ps[m * groups + g] = sum;
+    }
+  job.args = AwqGemmArgs{px, ps, reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>()),
+                         reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>()), scales.data_ptr(), M, K, N, G};
+  job.groups_per_chunk = (groups + decode_k_chunks(groups) - 1) / decode_k_chunks(groups);
+  job.chunks = (groups + job.groups_per_chunk - 1) / job.groups_per_chunk;
+  const int64_t l2_span = std::max<int64_t>(kDecodeTileWords, (kDecodeSpanFloats / (8 * M)) / kDecodeTileWords * kDecodeTileWords);
+  const int64_t wanted_spans = (at::get_num_threads() + job.chunks - 1) / job.chunks;
+  const int64_t even_span = ((words + wanted_spans - 1) / wanted_spans + kDecodeTileWords - 1) / kDecodeTileWords * kDecodeTileWords;
+  job.span_words = std::min(l2_span, even_span);
+  job.spans = (words + job.span_words - 1) / job.span_words;
+  job.direct = job.chunks == 1 && job.out_dtype == at::kFloat;
+  job.partial = job.direct ? y : at::empty({job.chunks, M, N}, job.xf.options());
+  return job;
+}
+
+// Runs every item of every job, then adds each job's partials in chunk order and rounds to its output dtype.
+// Threads take items from a shared counter, largest first: which thread runs an item changes no result.
+void run_decode(std::vector<DecodeJob>& jobs) {
+  struct Item {
+    int64_t job, chunk, span, cost;
+  };
+  std::vector<Item> items;
+  for (int64_t j = 0; j < static_cast<int64_t>(jobs.size()); ++j) {
+    const DecodeJob& d = jobs[j];
+    const int64_t groups = d.args.K / d.args.G, words = d.args.N / 8;
+    for (int64_t c = 0; c < d.chunks; ++c)
+      for (int64_t s = 0; s < d.spans; ++s) {
+        const int64_t chunk_groups = std::min(groups, (c + 1) * d.groups_per_chunk) - c * d.groups_per_chunk;
+        const int64_t span = std::min(words, (s + 1) * d.span_words) - s * d.span_words;
+        items.push_back({j, c, s, chunk_groups * d.args.G * span * d.args.M});
+      }
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.cost > b.cost; });
+  const auto run_item = [&](const Item& item) {
+    const DecodeJob& d = jobs[item.job];
+    const int64_t groups = d.args.K / d.args.G, words = d.args.N / 8;
+    const int64_t w0 = item.span * d.span_words, w1 = std::min(words, w0 + d.span_words);
+    const int64_t g0 = item.chunk * d.groups_per_chunk, g1 = std::min(groups, g0 + d.groups_per_chunk);
+    float* out = d.partial.data_ptr<float>() + item.chunk * d.args.M * d.args.N;
+    if (d.vector) decode_avx512(d.args, w0, w1, g0, g1, out);
+    else if (d.avx2) decode_avx2(d.args, w0, w1, g0, g1, out);
+    else decode_scalar(d.args, d.scale_dtype, w0, w1, g0, g1, out);
+  };
+  const int64_t n = static_cast<int64_t>(items.size());
+  const int64_t threads = std::min<int64_t>(n, at::get_num_threads());
+  if (threads <= 1) {
+    for (const Item& item : items) run_item(item);
+  } else {
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) run_item(items[i]);
+    });
+  }
+  for (DecodeJob& d : jobs) {
+    if (d.direct) continue;
+    const int64_t MN = d.args.M * d.args.N, chunks = d.chunks;
+    const float* pp = d.partial.data_ptr<float>();
+    void* out = d.y.data_ptr();
+    const at::ScalarType out_dtype = d.out_dtype;
+    auto finish = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        float sum = pp[i];
+        for (int64_t c = 1; c < chunks; ++c) sum += pp[c * MN + i];  // fixed order: chunk 0, 1, ...
+        if (out_dtype == at::kBFloat16) static_cast<at::BFloat16*>(out)[i] = static_cast<at::BFloat16>(sum);
+        else if (out_dtype == at::kHalf) static_cast<at::Half*>(out)[i] = static_cast<at::Half>(sum);
+        else static_cast<float*>(out)[i] = sum;
+      }
+    };
+    // A small output is not worth waking the other threads for (a parallel region costs several us).
+    if (MN * chunks < kSerialFinishFloats) finish(0, MN);
+    else at::parallel_for(0, MN, 4096, finish);
+  }
+}
+
+// The ISA tier for a call: `vector` is AVX-512 (decode + both prefill micro-kernels), `avx2` the AVX2 decode
+// loop. The vector kernels read float16 scales; other scale dtypes take the scalar kernels.
+struct Tier {
+  bool vector, avx2;
+};
+Tier tier_for(Isa isa, const at::Tensor& scales) {
+  const bool half = scales.scalar_type() == at::kHalf;
+  return {isa == Isa::kAvx512 && half, isa == Isa::kAvx2 && half};
+}
+
+}  // namespace
+
 at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, const at::Tensor& qzeros_in,
                         const at::Tensor& scales_in, int64_t group_size) {
   check_arguments(x_in, qweight_in, qzeros_in, scales_in, group_size);
   const at::Tensor x = x_in.contiguous(), qweight = qweight_in.contiguous(), qzeros = qzeros_in.contiguous(),
                    scales = scales_in.contiguous();
   const int64_t M = x.size(0), K = qweight.size(0), words = qweight.size(1), N = 8 * words, G = group_size;
-  const int64_t groups = K / G;
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0) return y;
 
-  const Isa isa = choose_isa();
-  // The vector kernels read float16 scales; other scale dtypes take the scalar kernels. `vector` is AVX-512
-  // (decode + both prefill micro-kernels); an AVX2-only CPU gets the AVX2 decode loop and the prefill fallback.
-  const bool vector = isa == Isa::kAvx512 && scales.scalar_type() == at::kHalf;
-  const bool avx2 = isa == Isa::kAvx2 && scales.scalar_type() == at::kHalf;
-
+  const auto [vector, avx2] = tier_for(choose_isa(), scales);
   const bool prefill = use_prefill(M, x.scalar_type(), vector);
+  if (!prefill) {
+    std::vector<DecodeJob> jobs{plan_decode(x, qweight, qzeros, scales, G, y, vector, avx2)};
+    run_decode(jobs);
+    return y;
+  }
+
   const bool bf16 = x.scalar_type() == at::kBFloat16;
-  const auto args_with = [&](const float* x_fp32, const float* x_group_sums) {
-    return AwqGemmArgs{x_fp32, x_group_sums, reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>()),
+  const auto args_with = [&](const float* x_fp32) {
+    return AwqGemmArgs{x_fp32, nullptr, reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>()),
                        reinterpret_cast<const uint32_t*>(qzeros.data_ptr<int32_t>()), scales.data_ptr(), M, K, N, G};
   };
   const at::ScalarType scale_dtype = scales.scalar_type();
 
   // bf16 prefill on AMX (prefill_amx.cpp) reads the bf16 x itself: try it before converting anything.
   // It declines (false) on CPUs without AMX.
-  if (prefill && vector && bf16 &&
-      prefill_bf16_amx(args_with(nullptr, nullptr), reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
+  if (vector && bf16 &&
+      prefill_bf16_amx(args_with(nullptr), reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()),
                        reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>())))
     return y;
-
-  // x in fp32 (exact for bf16/fp16 inputs); decode also needs its per-group sums, summed left to right: the
-  // zero-point term.
-  const at::Tensor xf = x.to(at::kFloat);
-  at::Tensor xsum = at::empty({prefill ? 0 : M, groups}, xf.options());
-  if (!prefill) {
-    const float* px = xf.data_ptr<float>();
-    float* ps = xsum.data_ptr<float>();
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t g = 0; g < groups; ++g) {
-        float sum = 0.0f;
-        for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += px[m * K + k];
-        ps[m * groups + g] = sum;
-      }
-  }
-  const AwqGemmArgs args = args_with(xf.data_ptr<float>(), xsum.data_ptr<float>());
-
-  if (!prefill) {
-    // ---- decode: stream the packed weights once ----
-    // Work items are (K chunk, column span) pairs. K is cut into a fixed number of chunks of whole groups,
-    // chosen from the shape alone: a thread then streams a contiguous slab of qweight (whole rows, one after
-    // the other), which the prefetchers follow at full speed, instead of a 1-3 KB piece of every row (which is
-    // what splitting only N between threads gives: measured 25-39% of read bandwidth for N <= 4096 that way).
-    // Each chunk writes its own partial [M, N]; the partials are then added in chunk order. Chunks and spans
-    // never depend on the thread count, so neither do the results, bit for bit.
-    // Spans keep a chunk's [M, span] running sums L2-resident when M is large. At M = 1 a span is a whole row,
-    // unless the layer is so small (K = 1024: one chunk) that spans are needed to give threads kDecodeMinItems.
-    const int64_t groups_per_chunk = (groups + decode_k_chunks(groups) - 1) / decode_k_chunks(groups);
-    const int64_t chunks = (groups + groups_per_chunk - 1) / groups_per_chunk;
-    const int64_t l2_span = std::max<int64_t>(kDecodeTileWords, (kDecodeSpanFloats / (8 * M)) / kDecodeTileWords * kDecodeTileWords);
-    const int64_t wanted_spans = (kDecodeMinItems + chunks - 1) / chunks;
-    const int64_t even_span = ((words + wanted_spans - 1) / wanted_spans + kDecodeTileWords - 1) / kDecodeTileWords * kDecodeTileWords;
-    const int64_t span_words = std::min(l2_span, even_span);
-    const int64_t spans = (words + span_words - 1) / span_words;
-    // fp32 output with a single chunk: the kernel writes y itself. Otherwise it writes fp32 partials, and one
-    // pass adds them in chunk order and rounds to y's dtype.
-    const bool direct = chunks == 1 && x.scalar_type() == at::kFloat;
-    at::Tensor partial = direct ? y : at::empty({chunks, M, N}, xf.options());
-    float* pp = partial.data_ptr<float>();
-    at::parallel_for(0, chunks * spans, 1, [&](int64_t first, int64_t last) {
-      for (int64_t item = first; item < last; ++item) {
-        const int64_t c = item / spans, s = item % spans;
-        const int64_t w0 = s * span_words, w1 = std::min(words, w0 + span_words);
-        const int64_t g0 = c * groups_per_chunk, g1 = std::min(groups, g0 + groups_per_chunk);
-        if (vector) decode_avx512(args, w0, w1, g0, g1, pp + c * M * N);
-        else if (avx2) decode_avx2(args, w0, w1, g0, g1, pp + c * M * N);
-        else decode_scalar(args, scale_dtype, w0, w1, g0, g1, pp + c * M * N);
-      }
-    });
-    if (!direct) {
-      const at::ScalarType out_dtype = x.scalar_type();
-      void* out = y.data_ptr();
-      auto finish = [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          float sum = pp[i];
-          for (int64_t c = 1; c < chunks; ++c) sum += pp[c * M * N + i];  // fixed order: chunk 0, 1, ...
-          if (out_dtype == at::kBFloat16) static_cast<at::BFloat16*>(out)[i] = static_cast<at::BFloat16>(sum);
-          else if (out_dtype == at::kHalf) static_cast<at::Half*>(out)[i] = static_cast<at::Half>(sum);
-          else static_cast<float*>(out)[i] = sum;
-        }
-      };
-      // A small output is not worth waking the other threads for (a parallel region costs several us).
-      if (M * N * chunks < kSerialFinishFloats) finish(0, M * N);
-      else at::parallel_for(0, M * N, 4096, finish);
-    }
-    return y;
-  }
+  const at::Tensor xf = x.to(at::kFloat);  // exact for bf16/fp16
+  const AwqGemmArgs args = args_with(xf.data_ptr<float>());
 
   // ---- prefill ----
   // bf16 x multiplies bf16 weights: each weight is rounded to bf16 once, as in torch.matmul on weights
@@ -396,8 +462,40 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   return y;
 }
 
+// Several products y_i = x_i @ W_i^T in one call (same contract as awq_gemm for each). The decode-sized ones
+// share one parallel region (see DecodeJob); any that take the prefill path run one after another.
+std::vector<at::Tensor> awq_gemm_many_cpu(at::TensorList xs, at::TensorList qweights, at::TensorList qzeros,
+                                          at::TensorList scales, at::IntArrayRef group_sizes) {
+  const std::string op = "minimoe::awq_gemm_many (CPU)";
+  const size_t n = xs.size();
+  TORCH_CHECK(qweights.size() == n && qzeros.size() == n && scales.size() == n && group_sizes.size() == n, op,
+              ": x, qweight, qzeros, scales and group_size must be lists of the same length, found ", n, ", ",
+              qweights.size(), ", ", qzeros.size(), ", ", scales.size(), " and ", group_sizes.size());
+  for (size_t i = 0; i < n; ++i)
+    check_arguments(xs[i], qweights[i], qzeros[i], scales[i], group_sizes[i], op + ", product " + std::to_string(i));
+  const Isa isa = choose_isa();
+  std::vector<at::Tensor> ys(n);
+  std::vector<DecodeJob> jobs;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor x = xs[i].contiguous(), scale = scales[i].contiguous();
+    const Tier tier = tier_for(isa, scale);
+    if (x.size(0) == 0 || use_prefill(x.size(0), x.scalar_type(), tier.vector)) {
+      ys[i] = awq_gemm_cpu(x, qweights[i], qzeros[i], scale, group_sizes[i]);
+      continue;
+    }
+    ys[i] = at::empty({x.size(0), 8 * qweights[i].size(1)}, x.options());
+    jobs.push_back(plan_decode(x, qweights[i].contiguous(), qzeros[i].contiguous(), scale, group_sizes[i], ys[i],
+                               tier.vector, tier.avx2));
+  }
+  if (!jobs.empty()) run_decode(jobs);
+  return ys;
+}
+
 }  // namespace cpu
 
-TORCH_LIBRARY_IMPL(minimoe, CPU, m) { m.impl("awq_gemm", &cpu::awq_gemm_cpu); }
+TORCH_LIBRARY_IMPL(minimoe, CPU, m) {
+  m.impl("awq_gemm", &cpu::awq_gemm_cpu);
+  m.impl("awq_gemm_many", &cpu::awq_gemm_many_cpu);
+}
 
 }  // namespace minimoe
