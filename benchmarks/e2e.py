@@ -12,7 +12,8 @@ that same process:
     decode floor    bytes a decoded token must read / read bandwidth (a sum over a 1 GB tensor)
     prefill floor   torch's own bf16 matmul time for every linear layer at M = 128 (AMX via oneDNN here)
 Part 2, mid-size (CPU): a Mixtral that transformers can hold in fp32 (hidden 1024, 8 layers, 2 experts):
-decode and prefill tokens/s of transformers (fp32, KV cache), minimoe fp32, and minimoe AWQ (C++ kernel).
+decode and prefill tokens/s of transformers (fp32, KV cache), minimoe fp32, and minimoe AWQ (C++ kernel), all
+loaded at once and measured in interleaved rounds (--rounds, median reported).
 GPU mode: random AWQ weights are generated directly on the GPU (no 7 GB file to write), fp16 activations;
 decode tokens/s against the bandwidth ceiling (bytes per token / measured device copy bandwidth).
 
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,41 +168,47 @@ def minimoe_decode(model, prompt: torch.Tensor, decode_tokens: int) -> tuple[flo
     return prompt.numel() / prefill_s, result.decode_tokens_per_s
 
 
-def run_mid(prompt_tokens: int, decode_tokens: int) -> list[dict]:
+def run_mid(prompt_tokens: int, decode_tokens: int, rounds: int) -> list[dict]:
+    """All four engines loaded side by side, then measured in `rounds` interleaved rounds (each engine prefills
+    and decodes once per round), reporting each engine's median: this machine's speed drifts by tens of percent
+    within a minute, and measuring the engines one after another put that drift into their ratios."""
     import transformers
 
-    rows = []
+    engines = []  # (name, callable(prompt, decode_tokens) -> (prefill tok/s, decode tok/s))
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         hf_config = transformers.MixtralConfig(**MID_CONFIG)
         hf = transformers.MixtralForCausalLM(hf_config).eval()
         hf.config._attn_implementation = "eager"
-        prompt = torch.randint(3, MID_CONFIG["vocab_size"], (prompt_tokens,))
-        transformers_decode(hf, prompt[:8], 2)  # warm-up
-        p, d = transformers_decode(hf, prompt, decode_tokens)
-        rows.append({"engine": "transformers fp32", "prefill_tokens_per_s": p, "decode_tokens_per_s": d})
+        engines.append(("transformers fp32", lambda p, n: transformers_decode(hf, p, n)))
         fp_path = os.path.join(tmp, "fp32")
         hf.save_pretrained(fp_path)
-        del hf
-        model = minimoe.load_model(fp_path, dtype=torch.float32)
-        minimoe_decode(model, prompt[:8], 2)
-        p, d = minimoe_decode(model, prompt, decode_tokens)
-        rows.append({"engine": "minimoe fp32", "prefill_tokens_per_s": p, "decode_tokens_per_s": d})
-        del model
+        fp32 = minimoe.load_model(fp_path, dtype=torch.float32)
+        engines.append(("minimoe fp32", lambda p, n: minimoe_decode(fp32, p, n)))
         awq_path = os.path.join(tmp, "awq")
-        settings = {k: v for k, v in MID_CONFIG.items()}
-        make_tiny_checkpoint(awq_path, quantized=True, group_size=128, dtype="float16", **settings)
+        make_tiny_checkpoint(awq_path, quantized=True, group_size=128, dtype="float16", **MID_CONFIG)
         for dtype in (torch.float32, torch.bfloat16):
             model = minimoe.load_model(awq_path, dtype=dtype)
-            minimoe_decode(model, prompt[:8], 2)
-            p, d = minimoe_decode(model, prompt, decode_tokens)
             name = f"minimoe AWQ int4 ({ops.backend('cpu')}), {str(dtype).replace('torch.', '')} activations"
-            rows.append({"engine": name, "prefill_tokens_per_s": p, "decode_tokens_per_s": d})
-            del model
+            engines.append((name, lambda p, n, model=model: minimoe_decode(model, p, n)))
+    prompt = torch.randint(3, MID_CONFIG["vocab_size"], (prompt_tokens,))
+    for _, run in engines:
+        run(prompt[:8], 2)  # warm-up
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in engines}
+    for _ in range(rounds):
+        for name, run in engines:
+            measured[name].append(run(prompt, decode_tokens))
+    rows = []
+    for name, runs in measured.items():
+        rows.append({"engine": name, "prefill_tokens_per_s": statistics.median(p for p, _ in runs),
+                     "decode_tokens_per_s": statistics.median(d for _, d in runs),
+                     "decode_tokens_per_s_rounds": [d for _, d in runs]})
     base = rows[0]
     for row in rows:
         row["decode_vs_transformers"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"]
         row["prefill_vs_transformers"] = row["prefill_tokens_per_s"] / base["prefill_tokens_per_s"]
+        row["decode_vs_transformers_rounds"] = [d / b for d, b in zip(row["decode_tokens_per_s_rounds"],
+                                                                      base["decode_tokens_per_s_rounds"])]
     return rows
 
 
@@ -289,11 +297,14 @@ def print_real(r: dict) -> None:
 
 
 def print_mid(rows: list[dict]) -> None:
-    print("\nMid-size Mixtral (hidden 1024, 8 layers, 2 experts top-2), CPU, 128-token prompt")
-    print(f"  {'engine':<52} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode vs HF':>13}")
+    rounds = len(rows[0]["decode_tokens_per_s_rounds"])
+    print(f"\nMid-size Mixtral (hidden 1024, 8 layers, 2 experts top-2), CPU, 128-token prompt; median of {rounds} "
+          f"interleaved rounds")
+    print(f"  {'engine':<52} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode vs HF':>13}  per round")
     for r in rows:
+        per_round = " ".join(f"{v:.2f}" for v in r["decode_vs_transformers_rounds"])
         print(f"  {r['engine']:<52} {r['prefill_tokens_per_s']:>14.1f} {r['decode_tokens_per_s']:>13.2f} "
-              f"{r['decode_vs_transformers']:>12.2f}x")
+              f"{r['decode_vs_transformers']:>12.2f}x  {per_round}")
 
 
 def main() -> int:
@@ -306,6 +317,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="bfloat16", help="activation dtype for the real-shape CPU run")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the mid-size comparison")
     parser.add_argument("--gpu-layers", type=int, default=32, help="layers of the GPU model (32 = real)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "e2e.json"))
     parser.add_argument("--phase-real", action="store_true", help=argparse.SUPPRESS)  # the measuring subprocess
@@ -334,7 +346,7 @@ def main() -> int:
             report["real"] = json.loads(child.stdout.strip().splitlines()[-1])
             print_real(report["real"])
         if not args.skip_mid:
-            report["mid"] = run_mid(args.prompt_tokens, args.decode_tokens)
+            report["mid"] = run_mid(args.prompt_tokens, args.decode_tokens, args.rounds)
             print_mid(report["mid"])
     print()
     write_json(args.out, report, indent=2)
