@@ -7,8 +7,9 @@
 
 This is the only place where model code meets the kernels: AWQLinear calls `minimoe.ops.awq_gemm`, which
 runs the compiled CPU/CUDA kernel for the tensors' device when the extension has one, else the pure-PyTorch
-reference in `minimoe.awq`; linear_many hands a list of AWQLinear products to `minimoe.ops.awq_gemm_many`. Weights are buffers/parameters without gradients: minimoe is an inference engine,
-but nothing here stops a reader from making them trainable.
+reference in `minimoe.awq`; linear_many hands a list of AWQLinear products to `minimoe.ops.awq_gemm_many`.
+Weights are buffers/parameters without gradients: minimoe is an inference engine, but nothing here stops a
+reader from making them trainable.
 """
 
 from __future__ import annotations
@@ -63,7 +64,15 @@ class AWQLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = ops.awq_gemm(x, self.qweight, self.qzeros, self.scales, self.group_size)
+        return self.add_bias(ops.awq_gemm(x, *self.awq_weight))
+
+    @property
+    def awq_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(qweight, qzeros, scales, group_size): what `ops.awq_gemm` and `ops.awq_gemm_many` take."""
+        return self.qweight, self.qzeros, self.scales, self.group_size
+
+    def add_bias(self, y: torch.Tensor) -> torch.Tensor:
+        """The kernel's x @ W plus this layer's bias, if it has one."""
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -88,10 +97,7 @@ def linear_many(xs: torch.Tensor | list[torch.Tensor], layers) -> list[torch.Ten
     quantized = [i for i, layer in enumerate(layers) if isinstance(layer, AWQLinear)]
     ys: list[torch.Tensor | None] = [None] * len(layers)
     if len(quantized) > 1:
-        products = ops.awq_gemm_many(
-            [xs[i] for i in quantized],
-            [(layers[i].qweight, layers[i].qzeros, layers[i].scales, layers[i].group_size) for i in quantized])
+        products = ops.awq_gemm_many([xs[i] for i in quantized], [layers[i].awq_weight for i in quantized])
         for i, y in zip(quantized, products):
-            bias = layers[i].bias
-            ys[i] = y if bias is None else y + bias.to(y.dtype)
+            ys[i] = layers[i].add_bias(y)
     return [y if y is not None else layer(x) for x, layer, y in zip(xs, layers, ys)]
