@@ -14,8 +14,10 @@ that same process:
 Part 2, mid-size (CPU): a Mixtral that transformers can hold in fp32 (hidden 1024, 8 layers, 2 experts):
 decode and prefill tokens/s of transformers (fp32, KV cache), minimoe fp32, and minimoe AWQ (C++ kernel), all
 loaded at once and measured in interleaved rounds (--rounds, median reported).
-GPU mode: random AWQ weights are generated directly on the GPU (no 7 GB file to write), fp16 activations;
-decode tokens/s against the bandwidth ceiling (bytes per token / measured device copy bandwidth).
+GPU mode: random AWQ weights are generated directly on the GPU (no 7 GB file to write), fp16 activations,
+batch 1. Decode tokens/s through generate_ids with decode steps replayed from a CUDA graph (minimoe.graphs) and
+without (eager), in interleaved rounds, against the bandwidth ceiling (bytes per token / measured device copy
+bandwidth). Also one replayed step's GPU time with no host in the loop, and the int4 products' share of it.
 
 Prints tables, writes JSON (--out). Numbers drift between runs on shared machines: compare the ratios.
 """
@@ -246,7 +248,38 @@ def random_awq_model_on(device: str, dtype: torch.dtype, layers: int):
     return model.eval()
 
 
-def run_gpu(prompt_tokens: int, decode_tokens: int, layers: int) -> dict:
+def replay_seconds(graph, repeats: int) -> float:
+    """GPU time of one replay of `graph`, from CUDA events around `repeats` back-to-back replays."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    graph.replay()
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / repeats
+
+
+def int4_products_seconds(model) -> float:
+    """GPU time of one token's int4 products alone (every AWQLinear at M = 1), captured in one graph."""
+    from minimoe.linear import AWQLinear
+
+    layers = [m for m in model.modules() if isinstance(m, AWQLinear)]
+    inputs = {k: torch.randn(1, k, device="cuda", dtype=torch.float16) for k in {m.qweight.shape[0] for m in layers}}
+    with torch.inference_mode():
+        for m in layers:  # warm-up outside the capture
+            m(inputs[m.qweight.shape[0]])
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for m in layers:
+                m(inputs[m.qweight.shape[0]])
+    return replay_seconds(graph, 20)
+
+
+def run_gpu(prompt_tokens: int, decode_tokens: int, layers: int, rounds: int) -> dict:
+    from minimoe.graphs import GraphDecoder
+
     device = "cuda"
     model = random_awq_model_on(device, torch.float16, layers)
     per_layer = sum(b.numel() * b.element_size() for n, b in model.named_buffers() if ".layers.0." in n)
@@ -254,24 +287,76 @@ def run_gpu(prompt_tokens: int, decode_tokens: int, layers: int) -> dict:
     row_bytes = model.config.hidden_size * 2
     bytes_per_token = per_layer * layers + plain - model.model.embed_tokens.weight.numel() * 2 + row_bytes
     prompt = torch.randint(3, model.config.vocab_size, (prompt_tokens,))
-    generate_ids(model, [prompt[:8].tolist()], SamplingConfig(max_new_tokens=3))  # warm-up
+    cfg = SamplingConfig(max_new_tokens=decode_tokens + 1, stop_on_eos=False)
+    for graphed in (False, True):  # warm-up: kernels' first launches, cuBLAS handles, the allocator
+        generate_ids(model, [prompt[:8].tolist()], SamplingConfig(max_new_tokens=4), cuda_graph=graphed)
     sync(device)
-    t0 = time.perf_counter()
-    model(prompt[None].to(device), cache=model.new_cache(), last_token_only=True)
-    sync(device)
-    prefill_s = time.perf_counter() - t0
-    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1))
-    copy_bw = copy_bandwidth(device)
+
+    prefill = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model(prompt[None].to(device), cache=model.new_cache(), last_token_only=True)
+        sync(device)
+        prefill.append(time.perf_counter() - t0)
+    eager, graph, capture = [], [], []
+    for _ in range(rounds):  # interleaved, so drift hits both alike
+        eager.append(generate_ids(model, [prompt.tolist()], cfg, cuda_graph=False).decode_tokens_per_s)
+        result = generate_ids(model, [prompt.tolist()], cfg, cuda_graph=True)
+        graph.append(result.decode_tokens_per_s)
+        capture.append(result.graph_seconds)
+
+    # The GPU's own time per decode step: the captured step replayed back to back, no host work in between.
+    cache = model.new_cache()
+    model(prompt[None].to(device), cache=cache, last_token_only=True)
+    decoder = GraphDecoder(model, 1, capacity=prompt_tokens + 64)
+    decoder.start(cache)
+    step_gpu_s = replay_seconds(decoder.graph, 32)
+    int4_s = int4_products_seconds(model)
+    copy_bw, read_bw = copy_bandwidth(device), read_bandwidth(device, gigabytes=2.0)
     # The bandwidth ceiling as FACTS.md states it (~4.3 TB/s measured device copy, counting read + write bytes,
     # -> ~700 tokens/s): HBM sustains about that rate for pure reads too.
     ceiling = copy_bw / bytes_per_token
+    decode = statistics.median(graph)
     return {
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "layers": layers, "backend": ops.backend("cuda"), "bytes_read_per_token": bytes_per_token,
-        "prefill_tokens_per_s": prompt_tokens / prefill_s, "decode_tokens_per_s": result.decode_tokens_per_s,
-        "copy_bandwidth_bytes_per_s": copy_bw, "decode_ceiling_tokens_per_s": ceiling,
-        "decode_fraction_of_ceiling": result.decode_tokens_per_s / ceiling,
+        "driver": driver_version(), "layers": layers, "backend": ops.backend("cuda"),
+        "bytes_read_per_token": bytes_per_token, "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens,
+        "prefill_tokens_per_s": prompt_tokens / statistics.median(prefill),
+        "decode_tokens_per_s": decode, "decode_tokens_per_s_rounds": graph,
+        "decode_eager_tokens_per_s": statistics.median(eager), "decode_eager_tokens_per_s_rounds": eager,
+        "graph_capture_seconds": statistics.median(capture),
+        "step_gpu_seconds": step_gpu_s, "step_gpu_tokens_per_s": 1 / step_gpu_s,
+        "int4_products_gpu_seconds": int4_s, "int4_products_bytes_per_s": per_layer * layers / int4_s,
+        "copy_bandwidth_bytes_per_s": copy_bw, "read_bandwidth_bytes_per_s": read_bw,
+        "decode_ceiling_tokens_per_s": ceiling, "decode_fraction_of_ceiling": decode / ceiling,
     }
+
+
+def driver_version() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def print_gpu(g: dict) -> None:
+    print(f"\nReal shape ({g['layers']} layers, random AWQ weights), {g['gpu']}, fp16 activations, batch 1; "
+          f"torch {g['torch']}, CUDA {g['cuda']}, driver {g['driver']}")
+    print(f"  bytes read per token        {g['bytes_read_per_token'] / 1e9:8.2f} GB")
+    print(f"  device copy bandwidth       {g['copy_bandwidth_bytes_per_s'] / 1e12:8.2f} TB/s (read + write); "
+          f"read {g['read_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s")
+    print(f"  decode ceiling              {g['decode_ceiling_tokens_per_s']:8.0f} tok/s (copy bandwidth / bytes)")
+    print(f"  decode, CUDA graph          {g['decode_tokens_per_s']:8.1f} tok/s  "
+          f"({g['decode_fraction_of_ceiling']:.0%} of ceiling; target >= 50%)")
+    print(f"  decode, eager               {g['decode_eager_tokens_per_s']:8.1f} tok/s")
+    print(f"  one step's GPU time         {g['step_gpu_seconds'] * 1e3:8.2f} ms  "
+          f"(= {g['step_gpu_tokens_per_s']:.0f} tok/s with no host in the loop)")
+    print(f"  its int4 products alone     {g['int4_products_gpu_seconds'] * 1e3:8.2f} ms  "
+          f"({g['int4_products_bytes_per_s'] / 1e12:.2f} TB/s of packed weights)")
+    print(f"  graph capture (once)        {g['graph_capture_seconds'] * 1e3:8.1f} ms")
+    print(f"  prefill {g['prompt_tokens']} tokens          {g['prefill_tokens_per_s']:8.0f} tok/s")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -328,11 +413,8 @@ def main() -> int:
         return 0
     report = {"machine": machine()}
     if args.device == "cuda":
-        report["gpu"] = run_gpu(args.prompt_tokens, args.decode_tokens, args.gpu_layers)
-        g = report["gpu"]
-        print(f"\nGPU {g['gpu']}: decode {g['decode_tokens_per_s']:.1f} tok/s vs ceiling "
-              f"{g['decode_ceiling_tokens_per_s']:.0f} ({g['decode_fraction_of_ceiling']:.0%}); prefill "
-              f"{g['prefill_tokens_per_s']:.0f} tok/s; backend {g['backend']}")
+        report["gpu"] = run_gpu(args.prompt_tokens, args.decode_tokens, args.gpu_layers, args.rounds)
+        print_gpu(report["gpu"])
     else:
         if not args.skip_real:
             report["write_seconds"] = ensure_real_checkpoint(args.checkpoint)

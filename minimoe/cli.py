@@ -135,10 +135,12 @@ def cmd_generate(args) -> int:
         sys.stdout.flush()
 
     sys.stdout.write(args.prompt)
-    result = generate(model, tokenizer, args.prompt, sampling_from(args), on_token=stream)
+    result = generate(model, tokenizer, args.prompt, sampling_from(args), on_token=stream,
+                      cuda_graph=False if args.no_cuda_graph else None)
     sys.stdout.write("\n")
+    graph = f" (CUDA graph, captured in {result.graph_seconds * 1e3:.0f} ms)" if result.graph_seconds else ""
     print(f"[{len(result.tokens[0])} tokens, {result.finish_reasons[0]}; prefill {result.prompt_tokens[0]} tokens "
-          f"at {result.prefill_tokens_per_s:.1f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s; "
+          f"at {result.prefill_tokens_per_s:.1f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s{graph}; "
           f"int4 backend {ops.backend(model.device)}; peak memory {peak_memory(model.device)}]", file=sys.stderr)
     return 0
 
@@ -193,7 +195,8 @@ def cmd_chat(args) -> int:
         cfg.stop = tuple(cfg.stop) + stops
         sys.stdout.write("assistant> ")
         result = generate(model, tokenizer, prompt, cfg,
-                          on_token=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()))
+                          on_token=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()),
+                          cuda_graph=False if args.no_cuda_graph else None)
         sys.stdout.write("\n")
         sys.stdout.flush()
         messages.append({"role": "assistant", "content": result.texts[0].strip()})
@@ -304,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--repetition-penalty", type=float, default=1.0)
         p.add_argument("--seed", type=int, default=None)
         p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+        p.add_argument("--no-cuda-graph", action="store_true",
+                       help="on a GPU, launch every decode step's kernels from Python instead of replaying a "
+                            "captured CUDA graph (slower; for debugging)")
 
     generate = sub.add_parser("generate", help="generate a continuation of a prompt")
     generate.add_argument("prompt")

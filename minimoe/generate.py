@@ -53,6 +53,7 @@ class GenerationResult:
     prefill_seconds: float
     decode_seconds: float
     decode_steps: int
+    graph_seconds: float = 0.0        # capturing the CUDA decode graph (once per call; 0 without one)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -105,10 +106,13 @@ def next_tokens(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor,
 
 def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None = None, *,
                  eos_id: int | None = None,
-                 on_step: Callable[[int, int], bool] | None = None) -> GenerationResult:
+                 on_step: Callable[[int, int], bool] | None = None,
+                 cuda_graph: bool | None = None) -> GenerationResult:
     """Token-level generation: prompts as id lists -> GenerationResult (texts left empty).
 
     on_step(row, token) is called for every generated token; returning True finishes that row (stop strings).
+    cuda_graph: replay decode steps from a captured CUDA graph (minimoe.graphs). None (the default) means yes
+    on a CUDA device when more than one token is to be decoded, no elsewhere.
     """
     cfg = cfg or SamplingConfig()
     cfg.check()
@@ -135,13 +139,29 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
     reasons = ["length"] * batch
     done = [False] * batch
     budget = min(cfg.max_new_tokens, context - longest)
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda" and budget > 2
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs the model on a CUDA device, found it on {device}")
     cache = model.new_cache()
-    prefill_s = decode_s = 0.0
+    decoder = None
+    prefill_s = decode_s = graph_s = 0.0
     steps = 0
     feed, feed_mask = ids, mask
     for step in range(budget):
+        if step == 1 and cuda_graph:
+            t0 = time.perf_counter()
+            from minimoe.graphs import GraphDecoder
+
+            decoder = GraphDecoder(model, batch, capacity=longest + budget)
+            decoder.start(cache)
+            cache = None  # the prompt's keys and values now live in the decoder's own cache
+            graph_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        logits = model(feed, cache=cache, attention_mask=feed_mask, last_token_only=True)[:, -1]
+        if decoder is not None:
+            logits = decoder.step(feed)
+        else:
+            logits = model(feed, cache=cache, attention_mask=feed_mask, last_token_only=True)[:, -1]
         token = next_tokens(logits, cfg, seen, generator)
         token_list = token.tolist()  # synchronises, so the timing below is honest on a GPU too
         elapsed = time.perf_counter() - t0
@@ -165,14 +185,17 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
         feed, feed_mask = token[:, None], None
     if budget < cfg.max_new_tokens:
         reasons = [r if r != "length" else "context" for r in reasons]
-    return GenerationResult([""] * batch, out, [len(p) for p in prompts], reasons, prefill_s, decode_s, steps)
+    return GenerationResult([""] * batch, out, [len(p) for p in prompts], reasons, prefill_s, decode_s, steps,
+                            graph_s)
 
 
 def generate(model, tokenizer, prompts: str | Sequence[str], cfg: SamplingConfig | None = None, *,
-             on_token: Callable[[int, str], None] | None = None, **sampling) -> GenerationResult:
-    """Generate text for one prompt or a batch. Keyword arguments are SamplingConfig fields.
+             on_token: Callable[[int, str], None] | None = None, cuda_graph: bool | None = None,
+             **sampling) -> GenerationResult:
+    """Generate text for one prompt or a batch. Other keyword arguments are SamplingConfig fields.
 
     on_token(row, text) streams each row's new text as soon as it forms whole characters.
+    cuda_graph: as for generate_ids (None: replay decode steps from a CUDA graph on a GPU).
     """
     cfg = dataclasses.replace(cfg or SamplingConfig(), **sampling)
     single = isinstance(prompts, str)
@@ -201,7 +224,7 @@ def generate(model, tokenizer, prompts: str | Sequence[str], cfg: SamplingConfig
             on_token(row, piece)
         return hit >= 0
 
-    result = generate_ids(model, encoded, cfg, eos_id=tokenizer.eos_id, on_step=on_step)
+    result = generate_ids(model, encoded, cfg, eos_id=tokenizer.eos_id, on_step=on_step, cuda_graph=cuda_graph)
     for row, decoder in enumerate(decoders):
         if result.finish_reasons[row] != "stop":
             tail = decoder.flush()

@@ -104,6 +104,57 @@ class KVCache:
         return self.keys[layer][:, :, :start + t], self.values[layer][:, :, :start + t]
 
 
+class StaticKVCache:
+    """A KV cache of fixed capacity whose write position is a tensor: what one captured CUDA graph can replay.
+
+    `KVCache` slices its buffers by a Python int that changes every step, so each step is a different program.
+    Here every step has the same shapes: keys/values are (B, Hkv, capacity, D) and attention always reads all
+    `capacity` slots, the mask hiding the ones not written yet. The slot the next token goes to (`slot`), the
+    next RoPE position of each row (`next_position`) and which slots hold real tokens (`key_mask`) live on the
+    device and are advanced by `Transformer.decode_step` itself, so a replay needs no host work at all.
+
+    The buffers start at zero, not uninitialised: a masked slot gets probability exactly 0, and 0 * v must be 0,
+    which it would not be for a NaN left in fresh memory.
+    """
+
+    def __init__(self, config: ModelConfig, batch: int, capacity: int, dtype: torch.dtype, device):
+        if capacity < 1 or capacity > config.max_position_embeddings:
+            raise ValueError(f"StaticKVCache: capacity must be in 1..{config.max_position_embeddings} "
+                             f"(max_position_embeddings), found {capacity}")
+        shape = (batch, config.num_key_value_heads, capacity, config.head_dim)
+        layers = config.num_hidden_layers
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.capacity = capacity
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)        # where the next token's k/v go
+        self.slots = torch.arange(capacity, device=device)                 # 0..capacity-1, for the mask
+        self.key_mask = torch.zeros(batch, capacity, dtype=torch.bool, device=device)   # True = a real token
+        self.next_position = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def load(self, cache: KVCache) -> int:
+        """Take over a prefilled `KVCache` (same batch): copy its keys, values, mask and positions in.
+
+        Returns the number of slots now used (the prompt's length, padding included)."""
+        n = cache.length
+        if n >= self.capacity:
+            raise ValueError(f"StaticKVCache: the prefilled cache holds {n} tokens, the capacity is {self.capacity}; "
+                             f"no room left to decode")
+        for mine, theirs in ((self.keys, cache.keys), (self.values, cache.values)):
+            for layer, buffer in enumerate(theirs):
+                mine[layer][:, :, :n].copy_(buffer[:, :, :n])
+        self.key_mask.zero_()
+        self.key_mask[:, :n] = cache.key_mask
+        self.next_position.copy_(cache.next_position)
+        self.slot.fill_(n)
+        return n
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one step's k/v (B, Hkv, 1, D) at `slot`; return the whole buffers (B, Hkv, capacity, D)."""
+        self.keys[layer].index_copy_(2, self.slot, k)
+        self.values[layer].index_copy_(2, self.slot, v)
+        return self.keys[layer], self.values[layer]
+
+
 class Attention(nn.Module):
     """Grouped-query causal self-attention (Ainslie et al., 2023, arXiv:2305.13245), optional sliding window.
 
@@ -388,6 +439,29 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         logits = self.lm_head(self.model.norm(x))
         return (logits, routes) if output_router_logits else logits
+
+    @torch.inference_mode()
+    def decode_step(self, input_ids: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """One decode step through a StaticKVCache: input_ids (B, 1) -> logits (B, 1, vocab).
+
+        The same computation as `forward(input_ids, cache=...)` for one new token, written so that nothing
+        depends on the step number on the host: no Python int positions, no shapes that grow, no reads back
+        from the device. That makes it the body of a CUDA graph (minimoe.graphs.GraphDecoder). It checks
+        neither the ids nor the room left: the caller does, on the host, before each step.
+        """
+        positions = cache.next_position[:, None]                                     # (B, 1)
+        cache.key_mask.index_fill_(1, cache.slot, True)
+        allowed = cache.slots <= cache.slot                                          # (capacity,)
+        if self.config.sliding_window is not None:
+            allowed = allowed & (cache.slot - cache.slots < self.config.sliding_window)
+        mask = (allowed[None] & cache.key_mask)[:, None, :]                          # (B, 1, capacity)
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, x.dtype)
+        for layer in self.model.layers:
+            x, _ = layer(x, cos, sin, mask, cache)
+        cache.slot += 1
+        cache.next_position += 1
+        return self.lm_head(self.model.norm(x))
 
     def _attention_mask(self, positions: torch.Tensor, key_real: torch.Tensor, past: int) -> torch.Tensor:
         """(B, T, L) bool: query t may see key j iff j is real, j <= t in time, and inside the sliding window.

@@ -3,6 +3,10 @@
 scripts/gpu_check.sh runs this when pytest or hypothesis is not importable on the GPU machine. It runs the same
 comparisons as tests/test_cuda_kernels.py on a fixed list of shapes, every kernel, fp16 and bf16, and prints
 one line per failure and a summary; exit status 1 on any failure.
+
+    python scripts/check_cuda_op.py            # every shape
+    python scripts/check_cuda_op.py --quick    # the small shapes only: for runs under compute-sanitizer, which
+                                               # slows every kernel down many times
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ def main() -> int:
         return 1
     torch.backends.cuda.matmul.allow_tf32 = False
     failures = total = 0
-    for M, K, N, G in SHAPES:
+    shapes = [s for s in SHAPES if s[1] * s[2] <= 1 << 20] if "--quick" in sys.argv[1:] else SHAPES
+    for M, K, N, G in shapes:
         generator = torch.Generator().manual_seed(M * 131 + N)
         qweight, qzeros, scales = [t.cuda() for t in awq.quantize(torch.randn(N, K, generator=generator) * 0.05, G)]
         for dtype in (torch.float16, torch.bfloat16):

@@ -39,12 +39,26 @@ def test_generate_default_model_offline():
 
 
 def test_generate_from_a_checkpoint_directory_matches_the_library(tiny_dir):
-    result = run("generate", "--model", tiny_dir, "Hello world", "--max-new-tokens", "10")
+    # --no-cuda-graph is accepted on the CPU too, where there is no graph to leave out
+    result = run("generate", "--model", tiny_dir, "Hello world", "--max-new-tokens", "10", "--no-cuda-graph")
     assert result.returncode == 0, result.stderr
     model = minimoe.load_model(tiny_dir)
     tokenizer = minimoe.load_tokenizer(tiny_dir)
     expected = minimoe.generate.generate(model, tokenizer, "Hello world", max_new_tokens=10).texts[0]
     assert result.stdout == "Hello world" + expected + "\n"
+
+
+@pytest.mark.cuda
+def test_generate_on_the_gpu_with_and_without_the_cuda_graph(tiny_dir):
+    # fp32, so that the two paths' different summation orders cannot flip a greedy choice
+    graphed = run("generate", "--model", tiny_dir, "--device", "cuda", "--dtype", "float32", "Hello world",
+                  "--max-new-tokens", "12")
+    eager = run("generate", "--model", tiny_dir, "--device", "cuda", "--dtype", "float32", "Hello world",
+                "--max-new-tokens", "12", "--no-cuda-graph")
+    assert graphed.returncode == 0 and eager.returncode == 0, graphed.stderr + eager.stderr
+    assert "CUDA graph" in graphed.stderr and "CUDA graph" not in eager.stderr
+    assert "int4 backend cuda" in graphed.stderr
+    assert graphed.stdout == eager.stdout and len(graphed.stdout) > len("Hello world\n")
 
 
 def test_route_table_summary_and_plot(tmp_path):

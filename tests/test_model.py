@@ -218,6 +218,23 @@ def test_half_precision_close_to_fp32_and_finite(tmp_path_factory, dtype, tol):
     assert err < tol, f"{dtype}: relative error {err:.3e}"
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-2), (torch.bfloat16, 1e-1), (torch.float32, 1e-4)])
+def test_model_on_the_gpu_close_to_fp32_on_the_cpu(tmp_path_factory, dtype, tol):
+    # The whole model on the GPU (CUDA int4 kernels, cuBLAS attention) against the CPU fp32 model, itself
+    # checked against transformers above; prefill and cached decode steps both.
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("gpu"), quantized=True, seed=7)
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3))
+    ref = minimoe.load_model(path, dtype=torch.float32)(ids)
+    model = minimoe.load_model(path, dtype=dtype, device="cuda")
+    cache = model.new_cache()
+    steps = [model(ids[:, :8].cuda(), cache=cache)] + [model(ids[:, t:t + 1].cuda(), cache=cache) for t in range(8, 12)]
+    got = torch.cat(steps, dim=1).float().cpu()
+    assert got.shape == ref.shape and torch.isfinite(got).all()
+    err = (got - ref).abs().max().item() / ref.abs().max().item()
+    assert err < tol, f"{dtype}: relative error {err:.3e}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_decode_steps_match_the_full_sequence(tmp_path_factory, dtype):
     # On the CPU a half-precision decode step (T = 1) takes the attention matmuls through fp32 with one rounding;

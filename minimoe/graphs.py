@@ -1,0 +1,81 @@
+"""Decode steps replayed from one captured CUDA graph.
+
+A decode step of Confinus-2x7B is about 2,000 small GPU kernels (32 layers of norms, RoPE, attention, routing,
+six int4 products and the element-wise glue). Launched one by one from Python, each costs several microseconds
+of host time, far more than most of them take on the GPU: the GPU sits idle waiting for the host. A CUDA graph
+records the whole step once; replaying it is one host call, and the GPU runs the kernels back to back.
+
+A graph replays the same kernels with the same arguments and the same memory, so the step must not depend on
+anything the host decides per step. `Transformer.decode_step` with a `StaticKVCache` is written that way: the
+write slot, the positions and the attention mask live on the device and the step advances them itself. What
+changes per step from the outside (the token just sampled) is copied into a fixed input tensor before replay.
+
+    decoder = GraphDecoder(model, batch=1, capacity=prompt_len + new_tokens)
+    decoder.start(prefilled_kv_cache)           # after an ordinary forward over the prompt
+    logits = decoder.step(next_ids)             # (B, vocab); valid until the next step
+
+`minimoe.generate.generate_ids` uses this on CUDA devices by default (`cuda_graph=None`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from minimoe.model import KVCache, StaticKVCache
+
+
+class GraphDecoder:
+    """One-token decode steps of `model` for `batch` rows, replayed from a CUDA graph captured at construction.
+
+    capacity: the most tokens (prompt, padding included, plus generated) the cache will hold. Attention reads all
+    of them every step, so size it to the generation at hand rather than to the model's whole context.
+    """
+
+    def __init__(self, model, batch: int, capacity: int, warmup_steps: int = 2):
+        device = model.device
+        if device.type != "cuda":
+            raise ValueError(f"GraphDecoder: CUDA graphs need the model on a CUDA device, found it on {device}")
+        if batch < 1:
+            raise ValueError(f"GraphDecoder: batch must be >= 1, found {batch}")
+        self.model, self.batch, self.capacity = model, batch, capacity
+        self.length = 0  # slots in use, tracked on the host (the device copy is cache.slot)
+        with torch.inference_mode():
+            self.cache = StaticKVCache(model.config, batch, capacity, model.dtype, device)
+            self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+            # Warm-up on a side stream, as torch.cuda.graphs asks: lazy initialisation (cuBLAS handles and
+            # workspaces, the allocator's first blocks) must happen before capture, not inside it. The steps
+            # write junk into the cache; start() overwrites every slot that will be read.
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup_steps):
+                    model.decode_step(self.ids, self.cache)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records, does not run
+                self.logits = model.decode_step(self.ids, self.cache)
+        torch.cuda.synchronize(device)
+
+    def start(self, cache: KVCache) -> None:
+        """Continue from a prefilled ordinary cache (the prompt's forward); resets anything decoded before."""
+        if cache.keys[0] is None or cache.keys[0].shape[0] != self.batch:
+            found = None if cache.keys[0] is None else cache.keys[0].shape[0]
+            raise ValueError(f"GraphDecoder.start: expected a prefilled cache of batch {self.batch}, found {found}")
+        with torch.inference_mode():
+            self.length = self.cache.load(cache)
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed one new token per row, ids (B,) or (B, 1) on the model's device; return the logits (B, vocab).
+
+        The returned tensor is the graph's output buffer: the next step overwrites it. Clone it to keep it.
+        """
+        if self.length >= self.capacity:
+            raise ValueError(f"GraphDecoder: the cache is full ({self.capacity} tokens); build the decoder with a "
+                             f"larger capacity")
+        ids = ids.reshape(-1, 1)
+        if ids.shape[0] != self.batch:
+            raise ValueError(f"GraphDecoder.step: expected {self.batch} ids, found {ids.shape[0]}")
+        self.ids.copy_(ids)
+        self.graph.replay()
+        self.length += 1
+        return self.logits[:, -1]

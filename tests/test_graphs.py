@@ -1,0 +1,144 @@
+"""The graph-ready decode step (StaticKVCache + Transformer.decode_step) and the CUDA graph decoder.
+
+The reference is the model's ordinary forward with its growing KVCache, itself checked against transformers in
+test_model.py. The static step must give the same logits for every step: it reads all `capacity` cache slots
+with the unwritten ones masked, instead of exactly the written ones. On the CPU that is checked without a graph
+(the step is plain PyTorch); the CUDA cases capture and replay it.
+"""
+
+import pytest
+import torch
+
+import minimoe
+from minimoe.generate import SamplingConfig, generate_ids
+from minimoe.model import StaticKVCache
+from minimoe.testing import make_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def window_model(tmp_path_factory):
+    # sliding window 6 < the 14 tokens decoded below, so the window part of the mask is exercised
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("graphs"), quantized=False, seed=11, dtype="float32",
+                                sliding_window=6, num_local_experts=3, num_experts_per_tok=2)
+    return minimoe.load_model(path)
+
+
+def left_padded(prompts):
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    return ids, mask
+
+
+def decode_both_ways(model, prompts, steps, capacity, device="cpu"):
+    """Greedy decode with the ordinary cache and with the static step, feeding both the ordinary path's tokens."""
+    ids, mask = (t.to(device) for t in left_padded(prompts))
+    cache = model.new_cache()
+    first = model(ids, cache=cache, attention_mask=mask, last_token_only=True)[:, -1]
+    static = StaticKVCache(model.config, len(prompts), capacity, model.dtype, device)
+    assert static.load(cache) == ids.shape[1]
+    token = first.argmax(-1)
+    ordinary, stepped = [], []
+    for _ in range(steps):
+        ordinary.append(model(token[:, None], cache=cache, last_token_only=True)[:, -1])
+        stepped.append(model.decode_step(token[:, None], static)[:, -1])
+        token = ordinary[-1].argmax(-1)
+    return torch.stack(ordinary), torch.stack(stepped), static
+
+
+def test_static_step_equals_the_ordinary_cache(window_model):
+    prompts = [[5, 9, 33, 2, 7, 100, 41], [12, 3, 250], [7, 7, 7, 7, 8]]  # left padding in the batch
+    ordinary, stepped, static = decode_both_ways(window_model, prompts, steps=14, capacity=24)
+    assert torch.isfinite(stepped).all()
+    torch.testing.assert_close(stepped, ordinary, rtol=0, atol=1e-5)
+    assert int(static.slot) == 7 + 14
+    assert static.next_position.tolist() == [7 + 14, 3 + 14, 5 + 14]
+
+
+def test_static_step_equals_the_ordinary_cache_without_a_window(tmp_path):
+    path = make_tiny_checkpoint(tmp_path, quantized=True, seed=4, dtype="float32")
+    model = minimoe.load_model(path, dtype=torch.float32)
+    assert model.config.sliding_window is None
+    ordinary, stepped, _ = decode_both_ways(model, [[1, 2, 3, 4]], steps=6, capacity=10)
+    torch.testing.assert_close(stepped, ordinary, rtol=0, atol=1e-5)
+
+
+def test_static_cache_bad_sizes_are_clear_errors(window_model):
+    c = window_model.config
+    with pytest.raises(ValueError, match="capacity must be in 1.."):
+        StaticKVCache(c, 1, c.max_position_embeddings + 1, torch.float32, "cpu")
+    static = StaticKVCache(c, 1, 4, torch.float32, "cpu")
+    cache = window_model.new_cache()
+    window_model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+    with pytest.raises(ValueError, match="holds 4 tokens, the capacity is 4"):
+        static.load(cache)
+
+
+def test_graph_decoder_refuses_a_cpu_model(window_model):
+    from minimoe.graphs import GraphDecoder
+
+    with pytest.raises(ValueError, match="CUDA device, found it on cpu"):
+        GraphDecoder(window_model, 1, 8)
+    with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
+        generate_ids(window_model, [[1, 2]], SamplingConfig(max_new_tokens=3), cuda_graph=True)
+
+
+# ----------------------------------------------------------------------------------------------------- CUDA
+
+
+@pytest.fixture(scope="module")
+def cuda_checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("graphs_cuda"), quantized=True, seed=6)
+
+
+@pytest.fixture(scope="module")
+def cuda_awq_model(cuda_checkpoint):
+    return minimoe.load_model(cuda_checkpoint, dtype=torch.float16, device="cuda")
+
+
+@pytest.mark.cuda
+def test_cuda_static_step_equals_the_ordinary_cache(cuda_awq_model):
+    ordinary, stepped, _ = decode_both_ways(cuda_awq_model, [[3, 1, 4, 1, 5], [9, 2, 6]], steps=8, capacity=16,
+                                            device="cuda")
+    assert torch.isfinite(stepped).all()
+    scale = ordinary.float().abs().max().item()
+    assert (stepped.float() - ordinary.float()).abs().max().item() <= 8 * 2.0**-10 * scale
+
+
+@pytest.mark.cuda
+def test_cuda_graph_generation_equals_eager_generation(cuda_checkpoint):
+    # fp32 (the int4 products then run the CUDA "simple" kernel), so that the two paths' different summation
+    # orders cannot flip a greedy choice; fp16 is covered by the logits tests around this one
+    model = minimoe.load_model(cuda_checkpoint, dtype=torch.float32, device="cuda")
+    prompts = [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3]]
+    cfg = SamplingConfig(max_new_tokens=12, stop_on_eos=False)
+    eager = generate_ids(model, prompts, cfg, cuda_graph=False)
+    graphed = generate_ids(model, prompts, cfg, cuda_graph=True)
+    assert graphed.graph_seconds > 0 and eager.graph_seconds == 0
+    assert graphed.tokens == eager.tokens
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replays_follow_the_fed_tokens(cuda_awq_model):
+    # Logits of each replay against the ordinary forward fed the same tokens: the graph really reads its input
+    # tensor and really advances its cache (a graph stuck on its capture-time state would fail from step 2).
+    from minimoe.graphs import GraphDecoder
+
+    ids = torch.tensor([[8, 6, 7, 5, 3]], device="cuda")
+    cache = cuda_awq_model.new_cache()
+    cuda_awq_model(ids, cache=cache)
+    decoder = GraphDecoder(cuda_awq_model, 1, capacity=12)
+    decoder.start(cache)
+    feed = torch.tensor([0, 9, 17, 2, 250, 31], device="cuda")
+    for i in range(len(feed)):
+        want = cuda_awq_model(feed[i].view(1, 1), cache=cache)[:, -1].float()
+        got = decoder.step(feed[i].view(1)).float()
+        assert torch.isfinite(got).all()
+        assert (got - want).abs().max().item() <= 8 * 2.0**-10 * want.abs().max().item(), f"step {i}"
+    for _ in range(12 - 5 - len(feed)):
+        decoder.step(feed[:1])
+    with pytest.raises(ValueError, match="cache is full"):
+        decoder.step(feed[:1])
