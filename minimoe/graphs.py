@@ -29,19 +29,26 @@ class GraphDecoder:
 
     capacity: the most tokens (prompt, padding included, plus generated) the cache will hold. Attention reads all
     of them every step, so size it to the generation at hand rather than to the model's whole context.
+    graph=False runs the same steps eagerly (any device): the bookkeeping without the capture, for tests.
     """
 
-    def __init__(self, model, batch: int, capacity: int, warmup_steps: int = 2):
+    def __init__(self, model, batch: int, capacity: int, warmup_steps: int = 2, graph: bool = True):
         device = model.device
-        if device.type != "cuda":
+        if graph and device.type != "cuda":
             raise ValueError(f"GraphDecoder: CUDA graphs need the model on a CUDA device, found it on {device}")
         if batch < 1:
             raise ValueError(f"GraphDecoder: batch must be >= 1, found {batch}")
         self.model, self.batch, self.capacity = model, batch, capacity
         self.length = 0  # slots in use, tracked on the host (the device copy is cache.slot)
+        self.graph = None
+        # Everything the steps touch is made under inference_mode (as the model's forward runs), and every later
+        # in-place write to it happens under inference_mode too: torch refuses to update an inference tensor
+        # outside it.
         with torch.inference_mode():
             self.cache = StaticKVCache(model.config, batch, capacity, model.dtype, device)
             self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
+            if not graph:
+                return
             # Warm-up on a side stream, as torch.cuda.graphs asks: lazy initialisation (cuBLAS handles and
             # workspaces, the allocator's first blocks) must happen before capture, not inside it. The steps
             # write junk into the cache; start() overwrites every slot that will be read.
@@ -75,7 +82,12 @@ class GraphDecoder:
         ids = ids.reshape(-1, 1)
         if ids.shape[0] != self.batch:
             raise ValueError(f"GraphDecoder.step: expected {self.batch} ids, found {ids.shape[0]}")
-        self.ids.copy_(ids)
-        self.graph.replay()
+        with torch.inference_mode():
+            self.ids.copy_(ids)
+            if self.graph is not None:
+                self.graph.replay()
+                logits = self.logits
+            else:
+                logits = self.model.decode_step(self.ids, self.cache)
         self.length += 1
-        return self.logits[:, -1]
+        return logits[:, -1]

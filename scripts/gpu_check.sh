@@ -2,12 +2,13 @@
 # gpu_check.sh - ONE command for a GPU machine: build minimoe._C with its CUDA kernels, test it, race it.
 #
 #   bash scripts/gpu_check.sh            # results in $OUT if set, else benchmarks/results/gpu/
-#   SKIP="bench sweep" bash scripts/gpu_check.sh    # leave steps out (names: tests e2e bench sweep sanitize)
+#   SKIP="bench sweep" bash scripts/gpu_check.sh    # leave steps out (names: tests probe e2e bench sweep sanitize)
 #
 # Made for the H200 machine (python3 3.12, torch 2.11+cu130 preinstalled, no internet, nothing installable):
 #   1. build the extension in place for this GPU's architecture only (the CI build does sm_80 + sm_90);
-#   2. every CUDA-marked test of the suite (kernels against the spec with NaN-poisoned outputs, the model on
+#   2. every CUDA-marked test of the suite, one pytest process per file (kernels against the spec with NaN-poisoned outputs, the model on
 #      the GPU, CUDA-graph decode against eager decode);
+#   2b. scripts/probe_error_path.py: each kind of failing argument check in its own process (raise or crash?);
 #   3. the end-to-end benchmark at real shape (benchmarks/e2e.py --device cuda: random AWQ weights made on the
 #      GPU, fp16, batch 1, CUDA graph and eager decode against the bandwidth ceiling);
 #   4. the kernel benchmark at the real layer shapes (4096x14336, 14336x4096, M = 1 and 2048, G = 128) against
@@ -38,6 +39,7 @@ run() {
   timeout "$limit" "$@" > "$STEPS/$name.txt" 2>&1
   local rc=$?
   cat "$STEPS/$name.txt" >> "$LOG"
+  [[ $name == tests:* ]] && cat "$STEPS/$name.txt" >> "$STEPS/tests.txt"
   echo "-- $name: exit $rc after $(( $(date +%s) - start )) s$([ $rc -eq 124 ] && echo " (TIMED OUT at $limit s)")" \
     | tee -a "$LOG"
   if [ $rc -ne 0 ]; then status=1; failed="$failed $name"; fi
@@ -54,9 +56,18 @@ ARCH=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())
 TORCH_CUDA_ARCH_LIST="$ARCH" MINIMOE_CUDA=1 MAX_JOBS=$(nproc) run build 240 $PY setup.py build_ext --inplace
 $PY -c "from minimoe import ops; import json; print(json.dumps(ops.build_info()))" 2>&1 | tail -3 | tee -a "$LOG"
 
-step "CUDA tests (pytest -m cuda)"
+step "CUDA tests (pytest -m cuda, one process per file so that a crash loses one file only)"
 if wanted tests; then
-  run tests 150 $PY -m pytest -q -m cuda -p no:cacheprovider --continue-on-collection-errors tests/
+  # DESELECT: pytest -k expression for tests to leave out of this run (they still run in CI's CPU cases)
+  for file in $(grep -l "mark.cuda\|devices()" tests/test_*.py); do
+    run "tests:$(basename $file .py)" 120 $PY -m pytest -q -m cuda -p no:cacheprovider --tb=short -rfE \
+      ${DESELECT:+-k "$DESELECT"} "$file"
+  done
+fi
+
+step "the error path: does a failed argument check raise or crash? (scripts/probe_error_path.py)"
+if wanted probe; then
+  run probe 150 $PY scripts/probe_error_path.py --gdb
 fi
 
 step "end-to-end, real shape, GPU"
@@ -85,9 +96,10 @@ if wanted sanitize; then
 fi
 
 step "summary (status $status; failed:${failed:- none}; full log $LOG)"
-touch "$STEPS"/{build,tests,e2e,bench,sweep,sanitize}.txt
+touch "$STEPS"/{build,tests,probe,e2e,bench,sweep,sanitize}.txt
 echo "-- build:"; grep -E "error|Error" "$STEPS/build.txt" | head -10
-echo "-- tests:"; grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed|skipped|error)" "$STEPS/tests.txt" | tail -15
+echo "-- tests:"; grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed|skipped|error|deselected)|Fatal Python|^  File .*tests/" "$STEPS/tests.txt" | tail -30
+echo "-- probe:"; cat "$STEPS/probe.txt" | tail -45
 echo "-- e2e:"; grep -A12 "^Real shape" "$STEPS/e2e.txt"; grep -E "Error|error" "$STEPS/e2e.txt" | tail -5
 echo "-- M sweep, 4096 x 14336, G = 128:"; tail -18 "$STEPS/sweep.txt"
 echo "-- sanitizer:"; grep -E "ERROR SUMMARY|check_cuda_op:|^FAIL" "$STEPS/sanitize.txt" | tail -5

@@ -86,6 +86,26 @@ def test_graph_decoder_refuses_a_cpu_model(window_model):
         generate_ids(window_model, [[1, 2]], SamplingConfig(max_new_tokens=3), cuda_graph=True)
 
 
+def test_decoder_bookkeeping_without_a_graph(window_model):
+    # GraphDecoder(graph=False) runs the very steps a graph would replay, eagerly: start from a prefilled cache,
+    # feed tokens from outside inference mode (as generate_ids does), stop at the capacity.
+    from minimoe.graphs import GraphDecoder
+
+    ids, mask = left_padded([[4, 8, 15, 16], [23, 42]])
+    cache = window_model.new_cache()
+    window_model(ids, cache=cache, attention_mask=mask)
+    decoder = GraphDecoder(window_model, 2, capacity=9, graph=False)
+    decoder.start(cache)
+    for token in ([1, 2], [3, 4], [5, 6], [7, 8], [9, 10]):
+        fed = torch.tensor(token)
+        want = window_model(fed[:, None], cache=cache)[:, -1]
+        torch.testing.assert_close(decoder.step(fed), want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="cache is full"):
+        decoder.step(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="expected 2 ids, found 3"):
+        GraphDecoder(window_model, 2, capacity=9, graph=False).step(torch.tensor([1, 2, 3]))
+
+
 # ----------------------------------------------------------------------------------------------------- CUDA
 
 
