@@ -59,7 +59,8 @@ $PY -c "from minimoe import ops; import json; print(json.dumps(ops.build_info())
 step "CUDA tests (pytest -m cuda, one process per file so that a crash loses one file only)"
 if wanted tests; then
   # DESELECT: pytest -k expression for tests to leave out of this run (they still run in CI's CPU cases)
-  for file in $(grep -l "mark.cuda\|devices()" tests/test_*.py); do
+  # TEST_FILES: which test files to run (default: every file with CUDA-marked tests)
+  for file in ${TEST_FILES:-$(grep -l "mark.cuda\|devices()" tests/test_*.py)}; do
     run "tests:$(basename $file .py)" 120 $PY -m pytest -q -m cuda -p no:cacheprovider --tb=short -rfE \
       ${DESELECT:+-k "$DESELECT"} "$file"
   done

@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../check_text.h"
 #include "avx512_inl.h"
 
 namespace minimoe {
@@ -116,14 +117,14 @@ at::Tensor linear_stored_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   const char* op = "minimoe::linear_stored (CPU)";
   TORCH_CHECK(x_in.device().is_cpu() && weight_in.device().is_cpu(), op, ": x and weight must be CPU tensors, found ",
               x_in.device(), " and ", weight_in.device());
-  TORCH_CHECK(x_in.dim() == 2, op, ": x must be 2-D [M, K], found shape ", x_in.sizes());
-  TORCH_CHECK(weight_in.dim() == 2, op, ": weight must be 2-D [N, K], found shape ", weight_in.sizes());
+  TORCH_CHECK(x_in.dim() == 2, op, ": x must be 2-D [M, K], found shape ", as_text(x_in.sizes()));
+  TORCH_CHECK(weight_in.dim() == 2, op, ": weight must be 2-D [N, K], found shape ", as_text(weight_in.sizes()));
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16, op,
               ": x must be float32 or bfloat16, found ", x_in.scalar_type());
   TORCH_CHECK(weight_in.scalar_type() == at::kHalf || weight_in.scalar_type() == at::kBFloat16, op,
               ": weight must be float16 or bfloat16 (the stored dtype), found ", weight_in.scalar_type());
   TORCH_CHECK(x_in.size(1) == weight_in.size(1), op, ": x [M, K] and weight [N, K] must agree on K, found ",
-              x_in.sizes(), " and ", weight_in.sizes());
+              as_text(x_in.sizes()), " and ", as_text(weight_in.sizes()));
   const at::Tensor x = x_in.to(at::kFloat).contiguous(), weight = weight_in.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   at::Tensor y = at::empty({M, N}, x.options());

@@ -19,6 +19,7 @@
 #include <climits>
 #include <string>
 
+#include "../check_text.h"
 #include "awq_gemv.cuh"
 #include "awq_mma_gemm.cuh"
 #include "awq_plan.h"
@@ -83,10 +84,10 @@ at::Tensor awq_gemm_cuda_impl(const at::Tensor& x_in, const at::Tensor& qweight_
                                 {"scales", scales_in}}) {
     TORCH_CHECK(t.device() == x_in.device(), op, ": ", name, " must be on x's device ", x_in.device(),
                 ", found ", t.device());
-    TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, found shape ", t.sizes());
+    TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, found shape ", as_text(t.sizes()));
   }
   TORCH_CHECK(x_in.dim() == 2, op, ": x must be 2-D [M, K] (minimoe.ops.awq_gemm flattens leading dims), found ",
-              "shape ", x_in.sizes());
+              "shape ", as_text(x_in.sizes()));
   const at::ScalarType xt = x_in.scalar_type(), st = scales_in.scalar_type();
   TORCH_CHECK(xt == at::kHalf || xt == at::kBFloat16 || xt == at::kFloat, op,
               ": x must be float16, bfloat16 or float32, found ", xt);
@@ -95,20 +96,21 @@ at::Tensor awq_gemm_cuda_impl(const at::Tensor& x_in, const at::Tensor& qweight_
   TORCH_CHECK(qweight_in.scalar_type() == at::kInt, op, ": qweight must be int32 (8 packed 4-bit codes), found ",
               qweight_in.scalar_type());
   TORCH_CHECK(qzeros_in.scalar_type() == at::kInt, op, ": qzeros must be int32, found ", qzeros_in.scalar_type());
-  TORCH_CHECK(group_size > 0, op, ": group_size must be positive, found ", group_size);
+  TORCH_CHECK(group_size > 0, op, ": group_size must be positive, found ", as_text(group_size));
   const int64_t M64 = x_in.size(0), K64 = qweight_in.size(0), W64 = qweight_in.size(1), N64 = 8 * W64;
-  TORCH_CHECK(K64 >= 1 && W64 >= 1, op, ": qweight must be [K, N/8] with K, N/8 >= 1, found ", qweight_in.sizes());
-  TORCH_CHECK(x_in.size(1) == K64, op, ": x must be [M, K] with K = qweight.shape[0] = ", K64, ", found ",
-              x_in.sizes());
-  TORCH_CHECK(K64 % group_size == 0, op, ": group_size ", group_size, " must divide K = ", K64);
+  TORCH_CHECK(K64 >= 1 && W64 >= 1, op, ": qweight must be [K, N/8] with K, N/8 >= 1, found ", as_text(qweight_in.sizes()));
+  TORCH_CHECK(x_in.size(1) == K64, op, ": x must be [M, K] with K = qweight.shape[0] = ", as_text(K64),
+              ", found ", as_text(x_in.sizes()));
+  TORCH_CHECK(K64 % group_size == 0, op, ": group_size ", as_text(group_size), " must divide K = ",
+              as_text(K64));
   const int64_t groups = K64 / group_size;
   TORCH_CHECK(qzeros_in.size(0) == groups && qzeros_in.size(1) == W64, op, ": qzeros must be [K/G, N/8] = [",
-              groups, ", ", W64, "], found ", qzeros_in.sizes());
-  TORCH_CHECK(scales_in.size(0) == groups && scales_in.size(1) == N64, op, ": scales must be [K/G, N] = [", groups,
-              ", ", N64, "], found ", scales_in.sizes());
+              as_text(groups), ", ", as_text(W64), "], found ", as_text(qzeros_in.sizes()));
+  TORCH_CHECK(scales_in.size(0) == groups && scales_in.size(1) == N64, op, ": scales must be [K/G, N] = [",
+              as_text(groups), ", ", as_text(N64), "], found ", as_text(scales_in.sizes()));
   // The kernels index with int (and size_t products): every extent must fit.
-  TORCH_CHECK(M64 <= INT_MAX && K64 <= INT_MAX && N64 <= INT_MAX, op, ": sizes must fit in int32, found M=", M64,
-              " K=", K64, " N=", N64);
+  TORCH_CHECK(M64 <= INT_MAX && K64 <= INT_MAX && N64 <= INT_MAX, op, ": sizes must fit in int32, found M=",
+              as_text(M64), " K=", as_text(K64), " N=", as_text(N64));
 
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), qweight = qweight_in.contiguous(), qzeros = qzeros_in.contiguous(),
@@ -131,7 +133,7 @@ at::Tensor awq_gemm_cuda_impl(const at::Tensor& x_in, const at::Tensor& qweight_
     TORCH_CHECK(fast_types && aligned, op, ": kernel '", kernel_name, "' needs fp16 x with fp16 scales or bf16 x ",
                 "with bf16/fp16 scales, 16-byte aligned; found x ", xt, ", scales ", st);
     TORCH_CHECK(kernel != AwqKernel::kMmaGemm || awq_mma_shape_ok(K, N, G), op,
-                ": kernel 'mma' needs group_size % 32 == 0 and N % 32 == 0, found G=", G, " N=", N);
+                ": kernel 'mma' needs group_size % 32 == 0 and N % 32 == 0, found G=", as_text(G), " N=", as_text(N));
   }
 
   const auto* qw = reinterpret_cast<const uint32_t*>(qweight.data_ptr<int32_t>());

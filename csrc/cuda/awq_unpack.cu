@@ -6,6 +6,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "../check_text.h"
 #include "../dequant.h"
 
 namespace minimoe {
@@ -20,8 +21,8 @@ at::Tensor awq_unpack_cuda(const at::Tensor& packed) {
               packed.device());
   TORCH_CHECK(packed.scalar_type() == at::kInt, "minimoe::awq_unpack: packed must be int32, found ",
               packed.scalar_type());
-  TORCH_CHECK(packed.dim() == 2, "minimoe::awq_unpack: packed must be 2-D [R, N/8], found ", packed.dim(),
-              "-D with shape ", packed.sizes());
+  TORCH_CHECK(packed.dim() == 2, "minimoe::awq_unpack: packed must be 2-D [R, N/8], found ", as_text(packed.dim()),
+              "-D with shape ", as_text(packed.sizes()));
   const c10::cuda::CUDAGuard guard(packed.device());
   const at::Tensor words = packed.contiguous();
   at::Tensor codes = at::empty({words.size(0), words.size(1) * kAwqPackFactor}, words.options().dtype(at::kByte));

@@ -132,6 +132,13 @@ __global__ void __launch_bounds__(kGemvThreads, 2)
   }
 }
 
+// The shapes this experiment runs: M = 1, whole 16-byte loads along N (N % 32 == 0), whole groups along K.
+// Everything else is refused before any arithmetic on the shape (run 2 on the H200 died of SIGFPE: the
+// workspace size for N = 8 divided by zero blocks).
+inline bool gemv_fp32_codes_shape_ok(int M, int K, int N, int G) {
+  return M == 1 && N > 0 && N % (8 * kWords) == 0 && G > 0 && K > 0 && K % G == 0;
+}
+
 // Same split as 03 (awq_plan.h), for M = 1 and 4 words per thread.
 inline int gemv_fp32_codes_gps(int K, int N, int G, int sms) {
   return awq_gemv_groups_per_split(awq_gemv_blocks_n(N / 8, kWords), K / G, sms);
@@ -146,7 +153,7 @@ template <typename T, int UNROLL>
 int gemv_fp32_codes_run(const T* x, const uint32_t* qweight, const uint32_t* qzeros, const T* scales, T* y, int M,
                         int K, int N, int G, float* workspace, size_t workspace_bytes, cudaStream_t stream) {
   const int sms = minimoe_variant_sms();
-  if (M != 1 || (N / 8) % kWords != 0 || N % 8 != 0 || K % G != 0) return -1;
+  if (!gemv_fp32_codes_shape_ok(M, K, N, G)) return -1;
   if (gemv_fp32_codes_workspace_bytes(K, N, G, sms) > workspace_bytes) return -1;
   const int gps = gemv_fp32_codes_gps(K, N, G, sms);
   const int splits = awq_gemv_splits(K / G, gps);
@@ -166,9 +173,9 @@ int gemv_fp32_codes_run(const T* x, const uint32_t* qweight, const uint32_t* qze
 #define MINIMOE_GEMV_FP32_CODES_VARIANT(NAME, UNROLL)                                                           \
   extern "C" const char* minimoe_variant_name() { return NAME; }                                                \
   extern "C" size_t minimoe_variant_workspace_bytes(int M, int K, int N, int G) {                               \
-    return M == 1 && G > 0 && K % G == 0 ? minimoe::dev::gemv_fp32_codes_workspace_bytes(K, N, G,              \
-                                                                                         minimoe_variant_sms()) \
-                                         : 0;                                                                   \
+    return minimoe::dev::gemv_fp32_codes_shape_ok(M, K, N, G)                                                   \
+               ? minimoe::dev::gemv_fp32_codes_workspace_bytes(K, N, G, minimoe_variant_sms())                   \
+               : 0;                                                                                             \
   }                                                                                                             \
   extern "C" int minimoe_variant_run(int dtype, const void* x, const int32_t* qweight, const int32_t* qzeros,   \
                                      const void* scales, void* y, int M, int K, int N, int G, void* workspace,  \
