@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "../awq_checks.h"
 #include "../check_text.h"
 #include "../dequant.h"
 #include "awq_gemm.h"
@@ -195,31 +196,8 @@ void check_arguments(const at::Tensor& x, const at::Tensor& qweight, const at::T
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"x", x}, {"qweight", qweight},
                                 {"qzeros", qzeros}, {"scales", scales}}) {
     TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, found one on ", t.device());
-    TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, found ", as_text(t.dim()), "-D with shape ",
-                as_text(t.sizes()));
   }
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
-              op, ": x must be float32, bfloat16 or float16, found ", x.scalar_type());
-  TORCH_CHECK(qweight.scalar_type() == at::kInt, op, ": qweight must be int32 (8 packed 4-bit codes), found ",
-              qweight.scalar_type());
-  TORCH_CHECK(qzeros.scalar_type() == at::kInt, op, ": qzeros must be int32 (8 packed 4-bit zeros), found ",
-              qzeros.scalar_type());
-  TORCH_CHECK(scales.scalar_type() == at::kHalf || scales.scalar_type() == at::kBFloat16 ||
-                  scales.scalar_type() == at::kFloat,
-              op, ": scales must be float16 (or bfloat16/float32), found ", scales.scalar_type());
-  TORCH_CHECK(group_size > 0, op, ": group_size must be positive, found ", as_text(group_size));
-  const int64_t K = qweight.size(0), words = qweight.size(1), N = 8 * words;
-  TORCH_CHECK(K > 0 && words > 0, op, ": qweight must be [K, N/8] with K >= 1 and N/8 >= 1, found shape ",
-              as_text(qweight.sizes()));
-  TORCH_CHECK(x.size(1) == K, op, ": x must be [M, K] with K = qweight.size(0) = ", as_text(K), ", found shape ",
-              as_text(x.sizes()));
-  TORCH_CHECK(K % group_size == 0, op, ": group_size ", as_text(group_size), " must divide K = ", as_text(K),
-              ", found remainder ", as_text(K % group_size));
-  const int64_t groups = K / group_size;
-  TORCH_CHECK(scales.size(0) == groups && scales.size(1) == N, op, ": scales must be [K/G, N] = [", as_text(groups),
-              ", ", as_text(N), "] (N = 8 * qweight.size(1), so N % 8 == 0), found shape ", as_text(scales.sizes()));
-  TORCH_CHECK(qzeros.size(0) == groups && qzeros.size(1) == words, op, ": qzeros must be [K/G, N/8] = [",
-              as_text(groups), ", ", as_text(words), "], found shape ", as_text(qzeros.sizes()));
+  check_awq_gemm_arguments(x, qweight, qzeros, scales, group_size, op);  // shapes and dtypes: ../awq_checks.h
 }
 
 // y[m, channel] = out[m, packed position] for the valid lanes of a prefill tile.

@@ -19,6 +19,7 @@
 #include <climits>
 #include <string>
 
+#include "../awq_checks.h"
 #include "../check_text.h"
 #include "awq_gemv.cuh"
 #include "awq_mma_gemm.cuh"
@@ -77,37 +78,17 @@ void run_gemv(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& 
 
 at::Tensor awq_gemm_cuda_impl(const at::Tensor& x_in, const at::Tensor& qweight_in, const at::Tensor& qzeros_in,
                               const at::Tensor& scales_in, int64_t group_size, const std::string& kernel_name) {
-  const char* op = "minimoe::awq_gemm (CUDA)";
+  const std::string op = "minimoe::awq_gemm (CUDA)";
   TORCH_CHECK(x_in.is_cuda(), op, ": x must be a CUDA tensor, found one on ", x_in.device());
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"qweight", qweight_in},
                                 {"qzeros", qzeros_in},
                                 {"scales", scales_in}}) {
     TORCH_CHECK(t.device() == x_in.device(), op, ": ", name, " must be on x's device ", x_in.device(),
                 ", found ", t.device());
-    TORCH_CHECK(t.dim() == 2, op, ": ", name, " must be 2-D, found shape ", as_text(t.sizes()));
   }
-  TORCH_CHECK(x_in.dim() == 2, op, ": x must be 2-D [M, K] (minimoe.ops.awq_gemm flattens leading dims), found ",
-              "shape ", as_text(x_in.sizes()));
+  check_awq_gemm_arguments(x_in, qweight_in, qzeros_in, scales_in, group_size, op);  // the CPU's contract too
   const at::ScalarType xt = x_in.scalar_type(), st = scales_in.scalar_type();
-  TORCH_CHECK(xt == at::kHalf || xt == at::kBFloat16 || xt == at::kFloat, op,
-              ": x must be float16, bfloat16 or float32, found ", xt);
-  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16 || st == at::kFloat, op,
-              ": scales must be float16, bfloat16 or float32, found ", st);
-  TORCH_CHECK(qweight_in.scalar_type() == at::kInt, op, ": qweight must be int32 (8 packed 4-bit codes), found ",
-              qweight_in.scalar_type());
-  TORCH_CHECK(qzeros_in.scalar_type() == at::kInt, op, ": qzeros must be int32, found ", qzeros_in.scalar_type());
-  TORCH_CHECK(group_size > 0, op, ": group_size must be positive, found ", as_text(group_size));
-  const int64_t M64 = x_in.size(0), K64 = qweight_in.size(0), W64 = qweight_in.size(1), N64 = 8 * W64;
-  TORCH_CHECK(K64 >= 1 && W64 >= 1, op, ": qweight must be [K, N/8] with K, N/8 >= 1, found ", as_text(qweight_in.sizes()));
-  TORCH_CHECK(x_in.size(1) == K64, op, ": x must be [M, K] with K = qweight.shape[0] = ", as_text(K64),
-              ", found ", as_text(x_in.sizes()));
-  TORCH_CHECK(K64 % group_size == 0, op, ": group_size ", as_text(group_size), " must divide K = ",
-              as_text(K64));
-  const int64_t groups = K64 / group_size;
-  TORCH_CHECK(qzeros_in.size(0) == groups && qzeros_in.size(1) == W64, op, ": qzeros must be [K/G, N/8] = [",
-              as_text(groups), ", ", as_text(W64), "], found ", as_text(qzeros_in.sizes()));
-  TORCH_CHECK(scales_in.size(0) == groups && scales_in.size(1) == N64, op, ": scales must be [K/G, N] = [",
-              as_text(groups), ", ", as_text(N64), "], found ", as_text(scales_in.sizes()));
+  const int64_t M64 = x_in.size(0), K64 = qweight_in.size(0), N64 = scales_in.size(1);
   // The kernels index with int (and size_t products): every extent must fit.
   TORCH_CHECK(M64 <= INT_MAX && K64 <= INT_MAX && N64 <= INT_MAX, op, ": sizes must fit in int32, found M=",
               as_text(M64), " K=", as_text(K64), " N=", as_text(N64));
