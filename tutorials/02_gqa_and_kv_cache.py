@@ -23,7 +23,7 @@
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.model import Attention, KVCache, RotaryEmbedding
+from minimoe.model import Attention, KVCache, RotaryEmbedding, StaticKVCache
 
 torch.manual_seed(0)
 
@@ -113,6 +113,31 @@ for start, stop in [(0, prefill)] + [(t, t + 1) for t in range(prefill, T)]:
     cache.length = stop                      # Transformer.forward advances this after all layers have run
 torch.testing.assert_close(torch.cat(minimoe_steps, dim=1), ours)
 print(f"minimoe KVCache: same result; its buffer has room for {cache.keys[0].shape[2]} positions")
+
+# %% [markdown]
+# ## A cache of fixed shape, for CUDA graphs
+#
+# `KVCache` returns exactly the L keys written so far, so every decode step has different shapes. A CUDA graph
+# (docs/generation.md) replays one recorded step with the same shapes every time. `StaticKVCache` keeps
+# `capacity` slots and writes each new key at a slot held in a *tensor*; attention then reads all slots and the
+# mask hides the ones not written yet. Same numbers, fixed shapes:
+
+# %%
+static = StaticKVCache(config, batch=B, capacity=32, dtype=x.dtype, device="cpu")
+prompt_cache = KVCache(num_layers=1)
+cos, sin = rotary(positions[:, :prefill], x.dtype)
+causal = torch.ones(prefill, prefill, dtype=torch.bool).tril()[None].expand(B, -1, -1)
+static_steps = [attn(x[:, :prefill], cos, sin, causal, prompt_cache)]   # the prompt: ordinary cache
+prompt_cache.length, prompt_cache.key_mask = prefill, torch.ones(B, prefill, dtype=torch.bool)
+prompt_cache.next_position = torch.full((B,), prefill)
+static.load(prompt_cache)                                                # then copy it into the fixed buffers
+for t in range(prefill, T):
+    cos, sin = rotary(positions[:, t:t + 1], x.dtype)
+    visible = (static.slots <= static.slot)[None, None, :].expand(B, 1, -1)  # slots written so far, and this one
+    static_steps.append(attn(x[:, t:t + 1], cos, sin, visible, static))
+    static.slot += 1                          # Transformer.decode_step advances it (inside the graph)
+torch.testing.assert_close(torch.cat(static_steps, dim=1), ours)
+print(f"StaticKVCache: same result; every step read all {static.keys[0].shape[2]} slots (the unwritten ones masked)")
 
 # %% [markdown]
 # ## What to look at: the size of the cache
