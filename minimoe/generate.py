@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -112,7 +113,8 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
 
     on_step(row, token) is called for every generated token; returning True finishes that row (stop strings).
     cuda_graph: replay decode steps from a captured CUDA graph (minimoe.graphs). None (the default) means yes
-    on a CUDA device when more than one token is to be decoded, no elsewhere.
+    on a CUDA device when more than one token is to be decoded, no elsewhere; if the capture fails then, a
+    warning says why and the steps run eagerly. True insists (a failed capture raises); False never captures.
     """
     cfg = cfg or SamplingConfig()
     cfg.check()
@@ -139,9 +141,10 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
     reasons = ["length"] * batch
     done = [False] * batch
     budget = min(cfg.max_new_tokens, context - longest)
+    insist = cuda_graph is True
     if cuda_graph is None:
-        cuda_graph = device.type == "cuda" and budget > 2
-    if cuda_graph and device.type != "cuda":
+        cuda_graph = _graph_by_default(device, budget)
+    elif cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs the model on a CUDA device, found it on {device}")
     cache = model.new_cache()
     decoder = None
@@ -153,10 +156,18 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
             t0 = time.perf_counter()
             from minimoe.graphs import GraphDecoder
 
-            decoder = GraphDecoder(model, batch, capacity=longest + budget)
-            decoder.start(cache)
-            cache = None  # the prompt's keys and values now live in the decoder's own cache
-            graph_s = time.perf_counter() - t0
+            try:
+                decoder = GraphDecoder(model, batch, capacity=longest + budget)
+            except RuntimeError as error:  # capture refused by this torch / driver / op: decode eagerly
+                if insist:
+                    raise
+                warnings.warn(f"minimoe: CUDA graph capture failed, decoding without a graph "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", RuntimeWarning,
+                              stacklevel=2)
+            else:
+                decoder.start(cache)
+                cache = None  # the prompt's keys and values now live in the decoder's own cache
+                graph_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         if decoder is not None:
             logits = decoder.step(feed)
@@ -187,6 +198,11 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
         reasons = [r if r != "length" else "context" for r in reasons]
     return GenerationResult([""] * batch, out, [len(p) for p in prompts], reasons, prefill_s, decode_s, steps,
                             graph_s)
+
+
+def _graph_by_default(device: torch.device, budget: int) -> bool:
+    """Whether generate_ids captures a CUDA graph when not told: on CUDA devices, when it will replay it."""
+    return device.type == "cuda" and budget > 2
 
 
 def generate(model, tokenizer, prompts: str | Sequence[str], cfg: SamplingConfig | None = None, *,

@@ -106,6 +106,26 @@ def test_decoder_bookkeeping_without_a_graph(window_model):
         GraphDecoder(window_model, 2, capacity=9, graph=False).step(torch.tensor([1, 2, 3]))
 
 
+def test_a_failed_capture_falls_back_to_eager_decoding_unless_insisted(window_model, monkeypatch):
+    # The default (cuda_graph=None) must never make generation fail where eager decoding works: a capture that
+    # this torch or driver refuses gives a warning and the same tokens. Simulated on the CPU: the default is
+    # told to want a graph, and the decoder's construction raises as a refused capture does.
+    from minimoe import generate as generate_module
+    from minimoe import graphs
+
+    cfg = SamplingConfig(max_new_tokens=6, stop_on_eos=False)
+    eager = generate_ids(window_model, [[5, 6, 7]], cfg, cuda_graph=False)
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(generate_module, "_graph_by_default", lambda device, budget: True)
+    monkeypatch.setattr(graphs, "GraphDecoder", refused)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*not permitted when stream is capturing"):
+        fallback = generate_ids(window_model, [[5, 6, 7]], cfg)
+    assert fallback.tokens == eager.tokens and fallback.graph_seconds == 0
+
+
 # ----------------------------------------------------------------------------------------------------- CUDA
 
 
