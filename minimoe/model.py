@@ -127,7 +127,6 @@ class StaticKVCache:
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.capacity = capacity
         self.slot = torch.zeros(1, dtype=torch.long, device=device)        # where the next token's k/v go
-        self.slots = torch.arange(capacity, device=device)                 # 0..capacity-1, for the mask
         self.key_mask = torch.zeros(batch, capacity, dtype=torch.bool, device=device)   # True = a real token
         self.next_position = torch.zeros(batch, dtype=torch.long, device=device)
 
@@ -422,15 +421,9 @@ class Transformer(nn.Module):
                  else torch.zeros(B, dtype=torch.long, device=device))
         positions = (start[:, None] + real.long().cumsum(-1) - 1).clamp(min=0)       # (B, T)
         key_real = real if cache is None or cache.key_mask is None else torch.cat((cache.key_mask, real), dim=1)
-        mask = self._attention_mask(positions, key_real, past)
+        mask = self._attention_mask(torch.arange(past, past + T, device=device), key_real)
 
-        x = self.model.embed_tokens(input_ids)                                       # (B, T, C)
-        cos, sin = self.rotary(positions, x.dtype)
-        routes = []
-        for layer in self.model.layers:
-            x, route = layer(x, cos, sin, mask, cache)
-            if route is not None:
-                routes.append(route)
+        x, routes = self._layers(input_ids, positions, mask, cache)                  # (B, T, C)
         if cache is not None:
             cache.length = past + T
             cache.key_mask = key_real
@@ -449,29 +442,34 @@ class Transformer(nn.Module):
         from the device. That makes it the body of a CUDA graph (minimoe.graphs.GraphDecoder). It checks
         neither the ids nor the room left: the caller does, on the host, before each step.
         """
-        positions = cache.next_position[:, None]                                     # (B, 1)
         cache.key_mask.index_fill_(1, cache.slot, True)
-        allowed = cache.slots <= cache.slot                                          # (capacity,)
-        if self.config.sliding_window is not None:
-            allowed = allowed & (cache.slot - cache.slots < self.config.sliding_window)
-        mask = (allowed[None] & cache.key_mask)[:, None, :]                          # (B, 1, capacity)
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary(positions, x.dtype)
-        for layer in self.model.layers:
-            x, _ = layer(x, cos, sin, mask, cache)
+        mask = self._attention_mask(cache.slot, cache.key_mask)                      # (B, 1, capacity)
+        x, _ = self._layers(input_ids, cache.next_position[:, None], mask, cache)
         cache.slot += 1
         cache.next_position += 1
         return self.lm_head(self.model.norm(x))
 
-    def _attention_mask(self, positions: torch.Tensor, key_real: torch.Tensor, past: int) -> torch.Tensor:
+    def _layers(self, input_ids, positions, mask, cache):
+        """Embedding and every decoder layer: the part `forward` and `decode_step` share. -> (x, routes)."""
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, x.dtype)
+        routes = []
+        for layer in self.model.layers:
+            x, route = layer(x, cos, sin, mask, cache)
+            if route is not None:
+                routes.append(route)
+        return x, routes
+
+    def _attention_mask(self, q_slots: torch.Tensor, key_real: torch.Tensor) -> torch.Tensor:
         """(B, T, L) bool: query t may see key j iff j is real, j <= t in time, and inside the sliding window.
 
+        q_slots (T,): the cache slots of the new tokens, as a tensor, so a CUDA graph can replay the rule with a
+        slot it advances itself. key_real (B, L): which cached slots hold real tokens.
         A padding query sees at least itself, so its softmax row is never all -inf (no NaN anywhere).
         """
-        B, T = positions.shape
         L = key_real.shape[1]
-        q_index = torch.arange(past, past + T, device=positions.device)[:, None]     # (T, 1) cache slots
-        k_index = torch.arange(L, device=positions.device)[None, :]                   # (1, L)
+        q_index = q_slots[:, None]                                                    # (T, 1) cache slots
+        k_index = torch.arange(L, device=key_real.device)[None, :]                    # (1, L)
         allowed = k_index <= q_index
         if self.config.sliding_window is not None:
             allowed = allowed & (q_index - k_index < self.config.sliding_window)

@@ -133,7 +133,7 @@ prompt_cache.next_position = torch.full((B,), prefill)
 static.load(prompt_cache)                                                # then copy it into the fixed buffers
 for t in range(prefill, T):
     cos, sin = rotary(positions[:, t:t + 1], x.dtype)
-    visible = (static.slots <= static.slot)[None, None, :].expand(B, 1, -1)  # slots written so far, and this one
+    visible = (torch.arange(static.capacity) <= static.slot)[None, None, :].expand(B, 1, -1)  # slots written so far, and this one
     static_steps.append(attn(x[:, t:t + 1], cos, sin, visible, static))
     static.slot += 1                          # Transformer.decode_step advances it (inside the graph)
 torch.testing.assert_close(torch.cat(static_steps, dim=1), ours)
