@@ -36,7 +36,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from minimoe import awq  # noqa: E402
+from minimoe.testing import awq_gemm_check  # noqa: E402
 from floors import copy_bandwidth  # noqa: E402  (benchmarks/floors.py)
 from report import write_json  # noqa: E402  (benchmarks/report.py)
 
@@ -197,11 +197,7 @@ def check(kernel, M, K, N, G, dtype) -> str:
     except NotImplementedError:
         return "n/a"
     torch.cuda.synchronize()
-    expected = awq.awq_linear_reference(x, qweight, qzeros, scales, G).float()
-    magnitude = x.float().abs() @ awq.dequantize(qweight, qzeros, scales, G, dtype=torch.float32).abs()
-    eps = torch.finfo(dtype).eps
-    err = (y.float() - expected).abs()
-    bad = ~(err <= 2 * eps * magnitude + 2 * eps * expected.abs() + 1e-6)  # NaN counts as bad
+    bad, err = awq_gemm_check(y, x, qweight, qzeros, scales, G)  # NaN counts as bad
     if bad.any():
         return f"FAIL {int(bad.sum())}/{bad.numel()} wrong (max err {float(err.nan_to_num(float('inf')).max()):.3g})"
     return "ok"

@@ -184,3 +184,19 @@ def make_tiny_checkpoint(path: str | os.PathLike, *, quantized: bool = True, see
         with open(os.path.join(path, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=2)
     return path
+
+
+def awq_gemm_check(y: torch.Tensor, x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor,
+                   scales: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which outputs of a half-precision int4 kernel are wrong: -> (bad mask, |error|), NaN counting as bad.
+
+    The one tolerance of the CUDA kernel checks (tests/test_cuda_kernels.py, scripts/check_cuda_op.py,
+    benchmarks/kernel_cuda.py). Reference: `awq.awq_linear_reference`. The kernels may round each dequantized
+    weight to x's dtype and round the output once, so the error allowed is 2 eps of the sum of |x| |w| (the
+    terms, not the result: cancellation makes the result small while its error is not) plus 2 eps of the result.
+    """
+    expected = awq.awq_linear_reference(x, qweight, qzeros, scales, group_size).float()
+    magnitude = x.float().abs() @ awq.dequantize(qweight, qzeros, scales, group_size, dtype=torch.float32).abs()
+    eps = torch.finfo(x.dtype).eps
+    err = (y.float() - expected).abs()
+    return ~(err <= 2 * eps * magnitude + 2 * eps * expected.abs() + 1e-6), err

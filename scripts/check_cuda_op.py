@@ -20,6 +20,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from minimoe import awq, ops  # noqa: E402
+from minimoe.testing import awq_gemm_check  # noqa: E402
 
 SHAPES = [(1, 128, 8, 128), (3, 256, 64, 128), (8, 4096, 4096, 128), (9, 4096, 4096, 128), (257, 512, 160, 32),
           (130, 4096, 14336, 128), (5, 96, 24, 32), (2, 40, 16, 8), (64, 14336, 4096, 128)]
@@ -39,17 +40,14 @@ def main() -> int:
         qweight, qzeros, scales = [t.cuda() for t in awq.quantize(torch.randn(N, K, generator=generator) * 0.05, G)]
         for dtype in (torch.float16, torch.bfloat16):
             x = torch.randn(M, K, generator=generator).to(dtype).cuda()
-            expected = awq.awq_linear_reference(x, qweight, qzeros, scales, G).float()
-            magnitude = x.float().abs() @ awq.dequantize(qweight, qzeros, scales, G, dtype=torch.float32).abs()
-            eps = torch.finfo(dtype).eps
             for kernel in ("auto", "gemv", "mma", "simple"):
                 if kernel == "mma" and (G % 32 or N % 32):
                     continue
                 total += 1
                 try:
-                    y = torch.ops.minimoe.awq_gemm_cuda_kernel(x, qweight, qzeros, scales, G, kernel).float()
+                    y = torch.ops.minimoe.awq_gemm_cuda_kernel(x, qweight, qzeros, scales, G, kernel)
                     torch.cuda.synchronize()
-                    bad = ~((y - expected).abs() <= 2 * eps * magnitude + 2 * eps * expected.abs() + 1e-6)
+                    bad, _ = awq_gemm_check(y, x, qweight, qzeros, scales, G)
                     if bad.any():
                         failures += 1
                         print(f"FAIL {kernel} {dtype} M,K,N,G={M},{K},{N},{G}: {int(bad.sum())}/{bad.numel()} wrong")

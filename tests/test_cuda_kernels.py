@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minimoe import awq, ops
+from minimoe.testing import awq_gemm_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = ["auto", "gemv", "mma", "simple"]
@@ -48,18 +49,11 @@ def check_against_reference(x, qweight, qzeros, scales, G, kernel):
     torch.backends.cuda.matmul.allow_tf32 = False
     y = torch.ops.minimoe.awq_gemm_cuda_kernel(x, qweight, qzeros, scales, G, kernel)
     torch.cuda.synchronize()
-    expected = awq.awq_linear_reference(x, qweight, qzeros, scales, G).float()
-    assert y.dtype == x.dtype and y.shape == expected.shape
-    y = y.float()
+    assert y.dtype == x.dtype and y.shape == (x.shape[0], scales.shape[1])
     assert torch.isfinite(y).all(), f"kernel {kernel}: non-finite output"
-    # Tolerance: the kernels round each dequantized weight to fp16/bf16 (the reference keeps it in fp32) and
-    # round the output once. Both effects scale with the magnitude of the terms summed, not of the result.
-    magnitude = (x.float().abs() @ awq.dequantize(qweight, qzeros, scales, G, dtype=torch.float32).abs())
-    eps = torch.finfo(x.dtype).eps
-    tolerance = 2 * eps * magnitude + 2 * eps * expected.abs() + 1e-6
-    bad = (y - expected).abs() > tolerance
-    assert not bad.any(), (f"kernel {kernel}: {int(bad.sum())} of {bad.numel()} outside tolerance, worst "
-                           f"{float(((y - expected).abs() - tolerance).max()):.3g}")
+    bad, err = awq_gemm_check(y, x, qweight, qzeros, scales, G)  # the tolerance and why: minimoe/testing.py
+    assert not bad.any(), (f"kernel {kernel}: {int(bad.sum())} of {bad.numel()} outside tolerance, largest "
+                           f"error {float(err.max()):.3g}")
 
 
 needs_kernel = pytest.mark.skipif(torch.cuda.is_available() and not has_cuda_kernel(),
@@ -193,3 +187,19 @@ def test_every_experiment_variant_compiles():
         results = list(pool.map(lambda v: compile_one(v, out_dir), variants))
     failures = [f"{name}:\n{err}" for name, rc, err in results if rc != 0]
     assert not failures, "\n".join(failures)
+
+
+def test_the_shared_check_passes_the_reference_and_catches_errors():
+    # awq_gemm_check is what every CUDA kernel is judged by (here, in check_cuda_op.py and kernel_cuda.py):
+    # on the CPU, it must accept the reference's own output and refuse a wrong element and a NaN.
+    torch.manual_seed(0)
+    qweight, qzeros, scales = awq.quantize(torch.randn(64, 256) * 0.05, 128)
+    x = torch.randn(3, 256).half()
+    good = awq.awq_linear_reference(x, qweight, qzeros, scales, 128)
+    bad, _ = awq_gemm_check(good, x, qweight, qzeros, scales, 128)
+    assert not bad.any()
+    wrong = good.clone()
+    wrong[1, 5] += 0.05 * good.float().abs().max().item() + 0.01
+    wrong[2, 7] = float("nan")
+    bad, _ = awq_gemm_check(wrong, x, qweight, qzeros, scales, 128)
+    assert bad.nonzero().tolist() == [[1, 5], [2, 7]]
