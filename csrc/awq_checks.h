@@ -1,4 +1,5 @@
-// awq_checks.h - the argument contract of minimoe::awq_gemm, written once for the CPU and the CUDA kernels.
+// awq_checks.h - the argument contracts of minimoe::awq_gemm and minimoe::awq_unpack, written once for the CPU
+// and the CUDA kernels.
 //
 // Each kernel first checks where its tensors live (its own device rule), then calls check_awq_gemm_arguments,
 // so both refuse the same inputs with the same words (tests/test_kernels.py runs one list of bad calls on
@@ -45,6 +46,14 @@ inline void check_awq_gemm_arguments(const at::Tensor& x, const at::Tensor& qwei
               ", ", as_text(N), "] (N = 8 * qweight.size(1), so N % 8 == 0), found shape ", as_text(scales.sizes()));
   TORCH_CHECK(qzeros.size(0) == groups && qzeros.size(1) == words, op, ": qzeros must be [K/G, N/8] = [",
               as_text(groups), ", ", as_text(words), "], found shape ", as_text(qzeros.sizes()));
+}
+
+// The packed words of minimoe::awq_unpack: int32 [R, N/8].
+inline void check_awq_unpack_argument(const at::Tensor& packed) {
+  TORCH_CHECK(packed.scalar_type() == at::kInt, "minimoe::awq_unpack: packed must be int32, found ",
+              packed.scalar_type());
+  TORCH_CHECK(packed.dim() == 2, "minimoe::awq_unpack: packed must be 2-D [R, N/8], found ", as_text(packed.dim()),
+              "-D with shape ", as_text(packed.sizes()));
 }
 
 }  // namespace minimoe

@@ -5,7 +5,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "../check_text.h"
+#include "../awq_checks.h"
 #include "../dequant.h"
 
 namespace minimoe {
@@ -13,10 +13,7 @@ namespace minimoe {
 at::Tensor awq_unpack_cpu(const at::Tensor& packed) {
   TORCH_CHECK(packed.device().is_cpu(), "minimoe::awq_unpack (CPU): expected a CPU tensor, found one on ",
               packed.device());
-  TORCH_CHECK(packed.scalar_type() == at::kInt, "minimoe::awq_unpack: packed must be int32, found ",
-              packed.scalar_type());
-  TORCH_CHECK(packed.dim() == 2, "minimoe::awq_unpack: packed must be 2-D [R, N/8], found ", as_text(packed.dim()),
-              "-D with shape ", as_text(packed.sizes()));
+  check_awq_unpack_argument(packed);  // ../awq_checks.h
   const at::Tensor words = packed.contiguous();
   const int64_t rows = words.size(0), cols = words.size(1);
   at::Tensor codes = at::empty({rows, cols * kAwqPackFactor}, words.options().dtype(at::kByte));

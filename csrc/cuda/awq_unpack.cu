@@ -6,7 +6,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "../check_text.h"
+#include "../awq_checks.h"
 #include "../dequant.h"
 
 namespace minimoe {
@@ -19,10 +19,7 @@ __global__ void awq_unpack_kernel(const uint32_t* __restrict__ src, uint8_t* __r
 at::Tensor awq_unpack_cuda(const at::Tensor& packed) {
   TORCH_CHECK(packed.is_cuda(), "minimoe::awq_unpack (CUDA): expected a CUDA tensor, found one on ",
               packed.device());
-  TORCH_CHECK(packed.scalar_type() == at::kInt, "minimoe::awq_unpack: packed must be int32, found ",
-              packed.scalar_type());
-  TORCH_CHECK(packed.dim() == 2, "minimoe::awq_unpack: packed must be 2-D [R, N/8], found ", as_text(packed.dim()),
-              "-D with shape ", as_text(packed.sizes()));
+  check_awq_unpack_argument(packed);  // ../awq_checks.h
   const c10::cuda::CUDAGuard guard(packed.device());
   const at::Tensor words = packed.contiguous();
   at::Tensor codes = at::empty({words.size(0), words.size(1) * kAwqPackFactor}, words.options().dtype(at::kByte));
