@@ -1,4 +1,4 @@
-"""Shared test configuration: Hypothesis profiles and the `cuda` marker.
+"""Shared test configuration: Hypothesis profiles, the `cuda` marker, a tiny fp32 model.
 
 Profiles (choose with MINIMOE_HYPOTHESIS_PROFILE):
     ci        (default) a bounded number of examples per property, so `make test` fits ~20 min on 2 cores
@@ -50,3 +50,14 @@ def at_thread_counts(fn, counts=(1, 2, 1)):
         return outputs
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def fp32_model(tmp_path_factory):
+    """A tiny fp32 Mixtral (3 experts, top-2) with a sliding window of 6, for the cache and decode-step tests."""
+    import minimoe
+    from minimoe.testing import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("fp32"), quantized=False, seed=5, dtype="float32",
+                                sliding_window=6, num_local_experts=3, num_experts_per_tok=2)
+    return minimoe.load_model(path)

@@ -15,14 +15,6 @@ from minimoe.model import StaticKVCache
 from minimoe.testing import make_tiny_checkpoint
 
 
-@pytest.fixture(scope="module")
-def window_model(tmp_path_factory):
-    # sliding window 6 < the 14 tokens decoded below, so the window part of the mask is exercised
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("graphs"), quantized=False, seed=11, dtype="float32",
-                                sliding_window=6, num_local_experts=3, num_experts_per_tok=2)
-    return minimoe.load_model(path)
-
-
 def left_padded(prompts):
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -49,9 +41,11 @@ def decode_both_ways(model, prompts, steps, capacity, device="cpu"):
     return torch.stack(ordinary), torch.stack(stepped), static
 
 
-def test_static_step_equals_the_ordinary_cache(window_model):
-    prompts = [[5, 9, 33, 2, 7, 100, 41], [12, 3, 250], [7, 7, 7, 7, 8]]  # left padding in the batch
-    ordinary, stepped, static = decode_both_ways(window_model, prompts, steps=14, capacity=24)
+def test_static_step_equals_the_ordinary_cache(fp32_model):
+    # left padding in the batch; fp32_model's sliding window (6) is shorter than the 21 tokens, so the window
+    # part of the mask is exercised
+    prompts = [[5, 9, 33, 2, 7, 100, 41], [12, 3, 250], [7, 7, 7, 7, 8]]
+    ordinary, stepped, static = decode_both_ways(fp32_model, prompts, steps=14, capacity=24)
     assert torch.isfinite(stepped).all()
     torch.testing.assert_close(stepped, ordinary, rtol=0, atol=1e-5)
     assert int(static.slot) == 7 + 14
@@ -66,47 +60,47 @@ def test_static_step_equals_the_ordinary_cache_without_a_window(tmp_path):
     torch.testing.assert_close(stepped, ordinary, rtol=0, atol=1e-5)
 
 
-def test_static_cache_bad_sizes_are_clear_errors(window_model):
-    c = window_model.config
+def test_static_cache_bad_sizes_are_clear_errors(fp32_model):
+    c = fp32_model.config
     with pytest.raises(ValueError, match="capacity must be in 1.."):
         StaticKVCache(c, 1, c.max_position_embeddings + 1, torch.float32, "cpu")
     static = StaticKVCache(c, 1, 4, torch.float32, "cpu")
-    cache = window_model.new_cache()
-    window_model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+    cache = fp32_model.new_cache()
+    fp32_model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
     with pytest.raises(ValueError, match="holds 4 tokens, the capacity is 4"):
         static.load(cache)
 
 
-def test_graph_decoder_refuses_a_cpu_model(window_model):
+def test_graph_decoder_refuses_a_cpu_model(fp32_model):
     from minimoe.graphs import GraphDecoder
 
     with pytest.raises(ValueError, match="CUDA device, found it on cpu"):
-        GraphDecoder(window_model, 1, 8)
+        GraphDecoder(fp32_model, 1, 8)
     with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
-        generate_ids(window_model, [[1, 2]], SamplingConfig(max_new_tokens=3), cuda_graph=True)
+        generate_ids(fp32_model, [[1, 2]], SamplingConfig(max_new_tokens=3), cuda_graph=True)
 
 
-def test_decoder_bookkeeping_without_a_graph(window_model):
+def test_decoder_bookkeeping_without_a_graph(fp32_model):
     # GraphDecoder(graph=False) runs the very steps a graph would replay, eagerly: start from a prefilled cache,
     # feed tokens from outside inference mode (as generate_ids does), stop at the capacity.
     from minimoe.graphs import GraphDecoder
 
     ids, mask = left_padded([[4, 8, 15, 16], [23, 42]])
-    cache = window_model.new_cache()
-    window_model(ids, cache=cache, attention_mask=mask)
-    decoder = GraphDecoder(window_model, 2, capacity=9, graph=False)
+    cache = fp32_model.new_cache()
+    fp32_model(ids, cache=cache, attention_mask=mask)
+    decoder = GraphDecoder(fp32_model, 2, capacity=9, graph=False)
     decoder.start(cache)
     for token in ([1, 2], [3, 4], [5, 6], [7, 8], [9, 10]):
         fed = torch.tensor(token)
-        want = window_model(fed[:, None], cache=cache)[:, -1]
+        want = fp32_model(fed[:, None], cache=cache)[:, -1]
         torch.testing.assert_close(decoder.step(fed), want, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="cache is full"):
         decoder.step(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="expected 2 ids, found 3"):
-        GraphDecoder(window_model, 2, capacity=9, graph=False).step(torch.tensor([1, 2, 3]))
+        GraphDecoder(fp32_model, 2, capacity=9, graph=False).step(torch.tensor([1, 2, 3]))
 
 
-def test_a_failed_capture_falls_back_to_eager_decoding_unless_insisted(window_model, monkeypatch):
+def test_a_failed_capture_falls_back_to_eager_decoding_unless_insisted(fp32_model, monkeypatch):
     # The default (cuda_graph=None) must never make generation fail where eager decoding works: a capture that
     # this torch or driver refuses gives a warning and the same tokens. Simulated on the CPU: the default is
     # told to want a graph, and the decoder's construction raises as a refused capture does.
@@ -114,7 +108,7 @@ def test_a_failed_capture_falls_back_to_eager_decoding_unless_insisted(window_mo
     from minimoe import graphs
 
     cfg = SamplingConfig(max_new_tokens=6, stop_on_eos=False)
-    eager = generate_ids(window_model, [[5, 6, 7]], cfg, cuda_graph=False)
+    eager = generate_ids(fp32_model, [[5, 6, 7]], cfg, cuda_graph=False)
 
     def refused(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -122,7 +116,7 @@ def test_a_failed_capture_falls_back_to_eager_decoding_unless_insisted(window_mo
     monkeypatch.setattr(generate_module, "_graph_by_default", lambda device, budget: True)
     monkeypatch.setattr(graphs, "GraphDecoder", refused)
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*not permitted when stream is capturing"):
-        fallback = generate_ids(window_model, [[5, 6, 7]], cfg)
+        fallback = generate_ids(fp32_model, [[5, 6, 7]], cfg)
     assert fallback.tokens == eager.tokens and fallback.graph_seconds == 0
 
 

@@ -153,13 +153,6 @@ def test_awq_load_keeps_packed_int32_weights(awq_checkpoint):
         "no dequantized expert weights may exist"
 
 
-@pytest.fixture(scope="module")
-def fp32_model(tmp_path_factory):
-    path = make_tiny_checkpoint(tmp_path_factory.mktemp("fp32"), quantized=False, seed=5, dtype="float32",
-                                sliding_window=6, num_local_experts=3, num_experts_per_tok=2)
-    return minimoe.load_model(path)
-
-
 def test_cache_token_by_token_equals_full_sequence(fp32_model):
     ids = torch.randint(0, 256, (2, 15))
     full = fp32_model(ids)
