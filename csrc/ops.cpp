@@ -32,6 +32,14 @@ TORCH_LIBRARY(minimoe, m) {
   m.def("awq_gemm_many(Tensor[] x, Tensor[] qweight, Tensor[] qzeros, Tensor[] scales, int[] group_size) -> Tensor[]");
   // y[M, N] = x[M, K] @ weight.to(x.dtype)^T with weight [N, K] kept in its stored fp16/bf16 (CPU: the lm_head)
   m.def("linear_stored(Tensor x, Tensor weight) -> Tensor");
+  // The fused small ops of a CPU decode step (csrc/cpu/decode_ops.cpp; the spec is the PyTorch code in model.py):
+  // y = weight * x / rms(x) over the last dimension (RMSNorm, statistics in fp32)
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  // One new token per row: RoPE on q and k, k and v written into slot `slot` of the caches, then attention of
+  // every query head over slots 0..slot where mask [B, slot + 1] allows. q [B, H, D], k/v [B, Hkv, D],
+  // cos/sin [B, D], caches [B, Hkv, slots, D] -> [B, H, D]
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor cos, Tensor sin, Tensor(a!) key_cache, "
+        "Tensor(b!) value_cache, int slot, Tensor mask, float scale) -> Tensor");
 }
 
 namespace {
@@ -57,7 +65,8 @@ pybind11::dict build_info() {
   info["cuda_archs"] = std::string(MINIMOE_CUDA_ARCHS);
   info["compiled_with_torch"] = std::string(TORCH_VERSION);
   pybind11::dict kernels;
-  for (const char* op : {"awq_unpack", "awq_gemm", "awq_gemm_many", "linear_stored"}) kernels[op] = devices_with_kernel(op);
+  for (const char* op : {"awq_unpack", "awq_gemm", "awq_gemm_many", "linear_stored", "rms_norm", "decode_attention"})
+    kernels[op] = devices_with_kernel(op);
   info["kernels"] = kernels;
   // The CPU kernels' instruction-set tier on this machine (the automatic choice; MINIMOE_CPU_ISA overrides it
   // per call), and whether the bf16 prefill runs on AMX.

@@ -36,6 +36,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == x.dtype and ops.has_fused_ops(x.device.type):
+            return ops.rms_norm(x, self.weight, self.eps)  # the three lines below in one call (CPU extension)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)  # cast back *before* the weight, as the reference does
@@ -89,19 +91,27 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this forward's k/v (B, Hkv, T, D) at positions length..length+T; return all L of them."""
+        keys, values, start = self.reserve(layer, k)
+        t = k.shape[2]
+        keys[:, :, start:start + t] = k
+        values[:, :, start:start + t] = v
+        return keys[:, :, :start + t], values[:, :, :start + t]
+
+    def reserve(self, layer: int, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Make room in `layer` for the T new tokens of k (B, Hkv, T, D): (keys, values, start), the whole
+        buffers (B, Hkv, capacity, D) and the slot the first new token goes to. `update` then writes them; the
+        CPU's fused decode attention (ops.decode_attention) writes them itself."""
         start, t = self.length, k.shape[2]
         buffer = self.keys[layer]
         if buffer is None or buffer.shape[2] < start + t:
             capacity = max(16, 2 * (start + t))
             grown_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-            grown_v = v.new_empty(grown_k.shape)
+            grown_v = k.new_empty(grown_k.shape)
             if buffer is not None:
                 grown_k[:, :, :start] = buffer[:, :, :start]
                 grown_v[:, :, :start] = self.values[layer][:, :, :start]
             self.keys[layer], self.values[layer] = grown_k, grown_v
-        self.keys[layer][:, :, start:start + t] = k
-        self.values[layer][:, :, start:start + t] = v
-        return self.keys[layer][:, :, :start + t], self.values[layer][:, :, :start + t]
+        return self.keys[layer], self.values[layer], start
 
 
 class StaticKVCache:
@@ -178,6 +188,13 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         q, k, v = linear_many(x, (self.q_proj, self.k_proj, self.v_proj))  # one kernel call for all three
+        if T == 1 and isinstance(cache, KVCache) and ops.has_fused_ops(x.device.type):
+            # A decode step on the CPU: everything from here to o_proj below, in one call of the extension
+            # (csrc/cpu/decode_ops.cpp). The ~30 small torch ops it replaces cost more than their arithmetic.
+            keys, values, slot = cache.reserve(self.layer_index, k.view(B, Hkv, 1, D))
+            out = ops.decode_attention(q.view(B, H, D), k.view(B, Hkv, D), v.view(B, Hkv, D), cos[:, 0], sin[:, 0],
+                                       keys, values, slot, mask[:, 0], self.scale)
+            return self.o_proj(out.view(B, 1, H * D))
         q = q.view(B, T, H, D).transpose(1, 2)     # (B, H, T, D)
         k = k.view(B, T, Hkv, D).transpose(1, 2)   # (B, Hkv, T, D)
         v = v.view(B, T, Hkv, D).transpose(1, 2)

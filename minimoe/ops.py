@@ -6,6 +6,8 @@ without the extension: each op falls back to the pure-PyTorch spec in `minimoe.a
     awq_gemm(x, qweight, qzeros, scales, group_size)   y = x @ W  for an AWQ int4 weight (the hot op)
     awq_gemm_many(xs, weights)                          several of those in one kernel call
     awq_unpack(packed)                                  packed int32 words -> uint8 codes
+    rms_norm(x, weight, eps)                            RMSNorm in one call (CPU decode; model.RMSNorm is the spec)
+    decode_attention(q, k, v, cos, sin, ...)            one new token's RoPE + cache write + attention in one call
     backend(device)                                     "cuda" | "cpu" | "reference": who runs awq_gemm there
     build_info()                                        how the extension was built, or why it did not load
 
@@ -147,6 +149,34 @@ def linear_stored(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.reshape(*lead, y.shape[-1])
 
 
+def has_fused_ops(device_type: str) -> bool:
+    """True when `rms_norm` and `decode_attention` have a kernel on this device (the CPU extension).
+
+    The model uses them there (decode_attention for single-token steps only); everywhere else its plain
+    PyTorch code runs, which is also their spec (tests/test_decode_ops.py)."""
+    return _has_kernel("rms_norm", device_type) and _has_kernel("decode_attention", device_type)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / rms(x) over the last dimension, statistics in fp32: `model.RMSNorm.forward` in one call
+    (the CPU kernel; no fallback: see has_fused_ops). weight has x's dtype."""
+    return torch.ops.minimoe.rms_norm(x, weight, float(eps))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     key_cache: torch.Tensor, value_cache: torch.Tensor, slot: int, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """Attention of one new token per row, in one call (the CPU kernel; no fallback: see has_fused_ops).
+
+    q [B, H, D], k/v [B, Hkv, D]: the new token's projections, before RoPE. cos/sin [B, D]: its angles.
+    key_cache/value_cache [B, Hkv, slots, D]: the cache buffers; the rotated k and v are written at `slot`.
+    mask [B, slot + 1] bool: which slots the new token may see. Returns [B, H, D] in q's dtype: the same values
+    as model.Attention's PyTorch code (RoPE, cache update, softmax(q k^T * scale) v), to fp32 rounding.
+    """
+    return torch.ops.minimoe.decode_attention(q, k, v, cos, sin, key_cache, value_cache, int(slot), mask,
+                                              float(scale))
+
+
 def can_keep_stored(device_type: str, activation_dtype: torch.dtype, stored_dtype: torch.dtype) -> bool:
     """True when `linear_stored` has a kernel for these dtypes on this device (the CPU extension)."""
     return (_has_kernel("linear_stored", device_type) and activation_dtype in (torch.float32, torch.bfloat16)
@@ -163,6 +193,15 @@ if _C is not None:
         @torch.library.register_fake("minimoe::linear_stored")
         def _linear_stored_fake(x, weight):
             return x.new_empty((x.shape[0], weight.shape[0]))
+
+    if "rms_norm" in _KERNELS:
+        @torch.library.register_fake("minimoe::rms_norm")
+        def _rms_norm_fake(x, weight, eps):
+            return torch.empty_like(x)
+
+        @torch.library.register_fake("minimoe::decode_attention")
+        def _decode_attention_fake(q, k, v, cos, sin, key_cache, value_cache, slot, mask, scale):
+            return torch.empty_like(q)
 
     @torch.library.register_fake("minimoe::awq_gemm")
     def _awq_gemm_fake(x, qweight, qzeros, scales, group_size):

@@ -1,0 +1,407 @@
+// decode_ops.cpp - two small fused ops for the CPU: RMSNorm, and the attention of one new token.
+//
+// Why they exist. In a CPU decode step of the mid-size model (hidden 1024, 8 layers), the int4 products and the
+// lm_head are only part of the time: the rest of each layer is about 270 tiny torch calls (views, casts, a norm
+// in 7 ops, RoPE in 10, attention in 15), a microsecond or several each, which added up to 3.6-6 ms of a
+// 18-20 ms token. These ops do the same arithmetic in one call each. docs/kernels-cpu.md has the measurements.
+//
+// The plain PyTorch code in minimoe/model.py stays the spec and runs everywhere these do not (CUDA, no extension,
+// a prompt of several tokens, the static cache of a CUDA graph). tests/test_decode_ops.py checks them against it.
+//
+// Semantics, to the rounding (x's dtype "dt" is fp32, bf16 or fp16; r() rounds an fp32 value to dt):
+//   rms_norm:   y = r(w * r(x * rsqrt(mean(x^2) + eps)))        statistics in fp32, as RMSNorm.forward
+//   rope:       x' = r(r(x * cos) + r(rotate_half(x) * sin))      each torch op rounds to dt
+//   scores:     s_j = r(r(q' . k_j) * scale)                      the dot in fp32 (a bf16 matmul accumulates in
+//                                                                 fp32 and rounds once), then torch's `* scale`
+//   softmax:    p_j = r(softmax over visible j of s, in fp32)     masked keys get exactly 0
+//   output:     o = r(sum_j p_j v_j in fp32)
+// For fp32 every r() is the identity. Only the order of the fp32 sums differs from torch's, so results agree
+// to fp32 rounding (fp32), or to one rounding of dt in a few elements (bf16, fp16). RoPE and the cache write
+// are exact: the keys these ops put in the cache are bit for bit those of the PyTorch path.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "../check_text.h"
+#include "awq_gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GCC 12 reports a false "used uninitialized" from inside its own _mm512_reduce_add_ps at -Wall.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "avx512_inl.h"
+#define MINIMOE_DECODE_AVX512 1
+#endif
+
+namespace minimoe {
+namespace cpu {
+namespace {
+
+// ---- element access in the activations' dtype ----------------------------------------------------------------
+
+// f(T{}) with T = float, at::BFloat16 or at::Half for the three activation dtypes the ops accept.
+template <typename F>
+void with_dtype(at::ScalarType dtype, F&& f) {
+  switch (dtype) {
+    case at::kFloat: f(float{}); break;
+    case at::kBFloat16: f(at::BFloat16{}); break;
+    default: f(at::Half{}); break;  // the callers have checked that nothing else gets here
+  }
+}
+
+template <typename T>
+inline float to_float(T v) { return static_cast<float>(v); }
+
+// r(): round an fp32 value to T and back (c10's conversions round to nearest even).
+template <typename T>
+inline float round_to(float v) { return static_cast<float>(static_cast<T>(v)); }
+template <>
+inline float round_to<float>(float v) { return v; }
+
+// ---- dot product and axpy over one head: AVX-512 when available, else plain loops -------------------------------
+
+template <typename T>
+float dot_scalar(const float* q, const T* k, int64_t D) {
+  float sum = 0.0f;
+  for (int64_t d = 0; d < D; ++d) sum += q[d] * to_float(k[d]);
+  return sum;
+}
+
+template <typename T>
+void axpy_scalar(float p, const T* v, float* out, int64_t D) {
+  for (int64_t d = 0; d < D; ++d) out[d] += p * to_float(v[d]);
+}
+
+#ifdef MINIMOE_DECODE_AVX512
+
+// 16 elements (fewer under the mask) of a row stored as T, widened to fp32 (exact for every T).
+template <typename T>
+MINIMOE_AVX512 inline __m512 load_as_float(const T* p, __mmask16 lanes) {
+  if constexpr (std::is_same_v<T, float>) {
+    return _mm512_maskz_loadu_ps(lanes, p);
+  } else {
+    const __m256i half = _mm256_maskz_loadu_epi16(lanes, p);
+    if constexpr (std::is_same_v<T, at::Half>) return _mm512_cvtph_ps(half);
+    else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));  // bf16: top half
+  }
+}
+
+inline __mmask16 tail_lanes(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+template <typename T>
+MINIMOE_AVX512 float dot_avx512(const float* q, const T* k, int64_t D) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 16) {
+    const __mmask16 lanes = tail_lanes(D - d);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, q + d), load_as_float(k + d, lanes), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// r() on 16 lanes: round each fp32 to T (nearest even) and widen it back.
+template <typename T>
+MINIMOE_AVX512 inline __m512 round_lanes(__m512 v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else if constexpr (std::is_same_v<T, at::Half>) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  } else {
+    const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+    return _mm512_castsi512_ps(_mm512_and_si512(avx512::round_to_bf16_bits(v), high_half));
+  }
+}
+
+// e^x on 16 lanes, for x <= 0 (softmax after subtracting the row's maximum). e^x = 2^n e^r with n = round(x / ln 2)
+// and |r| <= ln(2)/2; e^r by its Taylor series to r^7 (truncation < 2e-9 relative), 2^n by vscalefps. ln 2 is
+// split in two (Cody-Waite) so that r is exact to fp32. Within a couple of fp32 ulps of the true value, like
+// torch's own vectorised exp. x below -104 (e^x < 1e-45, not even a denormal) is clamped there.
+MINIMOE_AVX512 inline __m512 exp_lanes(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2 = 0.693359375 - 2.12194440e-4
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  for (const float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Which of 16 slots (fewer under `lanes`) the mask lets the token see.
+MINIMOE_AVX512 inline __mmask16 visible_lanes(const bool* mask, __mmask16 lanes) {
+  const __m128i bytes = _mm_maskz_loadu_epi8(lanes, mask);
+  return _mm_test_epi8_mask(bytes, bytes);
+}
+
+// attend_head_scalar (below) on AVX-512: the dots one key at a time, then scale, rounding, maximum, exp and the
+// normalisation 16 keys at a time. Same arithmetic as the scalar version but for the exp and the order of the
+// fp32 sums.
+template <typename T>
+MINIMOE_AVX512 void attend_head_avx512(int64_t L, int64_t D, float scale, const float* q, const T* keys,
+                                       const T* values, const bool* mask, float* scores, float* out_f32, T* out) {
+  for (int64_t j = 0; j < L; ++j) scores[j] = mask[j] ? dot_avx512(q, keys + j * D, D) : 0.0f;
+  const __m512 scale_v = _mm512_set1_ps(scale);
+  __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < L; j += 16) {
+    const __mmask16 lanes = tail_lanes(L - j);
+    const __m512 v = round_lanes<T>(_mm512_mul_ps(round_lanes<T>(_mm512_maskz_loadu_ps(lanes, scores + j)), scale_v));
+    _mm512_mask_storeu_ps(scores + j, lanes, v);
+    best = _mm512_mask_max_ps(best, visible_lanes(mask + j, lanes), best, v);
+  }
+  const __m512 best_v = _mm512_set1_ps(_mm512_reduce_max_ps(best));
+  __m512 total_v = _mm512_setzero_ps();
+  for (int64_t j = 0; j < L; j += 16) {
+    const __mmask16 lanes = tail_lanes(L - j);
+    const __m512 e = _mm512_maskz_mov_ps(visible_lanes(mask + j, lanes),
+                                         exp_lanes(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, scores + j), best_v)));
+    _mm512_mask_storeu_ps(scores + j, lanes, e);
+    total_v = _mm512_add_ps(total_v, e);
+  }
+  const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(total_v));
+  for (int64_t j = 0; j < L; j += 16) {
+    const __mmask16 lanes = tail_lanes(L - j);
+    _mm512_mask_storeu_ps(scores + j, lanes, round_lanes<T>(_mm512_div_ps(_mm512_maskz_loadu_ps(lanes, scores + j), total)));
+  }
+  // Weighted sum of the values, 128 columns at a time with the sums in registers (a chain through memory per
+  // 16 columns would wait on a store and a load for every key: measured 30% slower at L = 512).
+  for (int64_t d = 0; d < D; d += 128) {
+    const int chunks = static_cast<int>(std::min<int64_t>(8, (D - d + 15) / 16));
+    __m512 acc[8];
+    for (int c = 0; c < 8; ++c) acc[c] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < L; ++j) {
+      if (!mask[j]) continue;  // never multiply an unwritten slot, even by 0: it may hold a NaN
+      const __m512 p = _mm512_set1_ps(scores[j]);
+      const T* row = values + j * D + d;
+      for (int c = 0; c < chunks; ++c)
+        acc[c] = _mm512_fmadd_ps(p, load_as_float(row + 16 * c, tail_lanes(D - d - 16 * c)), acc[c]);
+    }
+    for (int c = 0; c < chunks; ++c) _mm512_mask_storeu_ps(out_f32 + d + 16 * c, tail_lanes(D - d - 16 * c), acc[c]);
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(out_f32[d]);
+}
+
+#endif
+
+bool use_avx512() {
+#ifdef MINIMOE_DECODE_AVX512
+  const char* isa = std::getenv("MINIMOE_CPU_ISA");  // "scalar" forces the portable loops, as for awq_gemm
+  return avx512_available() && !(isa && std::strcmp(isa, "scalar") == 0);
+#else
+  return false;
+#endif
+}
+
+// ---- RoPE (exact, in plain C++: compiled without FMA, so nothing contracts a*b + c*d into one rounding) -------
+
+// out[d] = r(r(x[d] * cos[d]) + r(rotate_half(x)[d] * sin[d])), rotate_half(x) = (-x[D/2:], x[:D/2]).
+template <typename T>
+void rope(const T* x, const T* cos, const T* sin, int64_t D, float* out) {
+  const int64_t half = D / 2;
+  for (int64_t d = 0; d < D; ++d) {
+    const float rotated = d < half ? -to_float(x[d + half]) : to_float(x[d - half]);
+    const float a = round_to<T>(to_float(x[d]) * to_float(cos[d]));
+    const float b = round_to<T>(rotated * to_float(sin[d]));
+    out[d] = round_to<T>(a + b);
+  }
+}
+
+// ---- rms_norm --------------------------------------------------------------------------------------------------
+
+template <typename T>
+void rms_norm_rows(const T* x, const T* w, T* y, int64_t C, double eps, int64_t first, int64_t last) {
+  for (int64_t row = first; row < last; ++row) {
+    const T* xr = x + row * C;
+    T* yr = y + row * C;
+    float squares = 0.0f;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = to_float(xr[c]);
+      squares += v * v;
+    }
+    const float inverse_rms = 1.0f / std::sqrt(squares / static_cast<float>(C) + static_cast<float>(eps));
+    for (int64_t c = 0; c < C; ++c)
+      yr[c] = static_cast<T>(to_float(w[c]) * round_to<T>(to_float(xr[c]) * inverse_rms));
+  }
+}
+
+at::Tensor rms_norm_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, double eps) {
+  const char* op = "minimoe::rms_norm (CPU)";
+  TORCH_CHECK(x_in.device().is_cpu() && weight_in.device().is_cpu(), op,
+              ": x and weight must be CPU tensors, found ", x_in.device(), " and ", weight_in.device());
+  const auto dtype = x_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
+              ": x must be float32, bfloat16 or float16, found ", dtype);
+  TORCH_CHECK(weight_in.scalar_type() == dtype, op, ": weight must have x's dtype (", dtype, "), found ",
+              weight_in.scalar_type());
+  TORCH_CHECK(x_in.dim() >= 1 && x_in.size(-1) > 0, op, ": x must have a last dimension of size C > 0, found shape ",
+              as_text(x_in.sizes()));
+  TORCH_CHECK(weight_in.dim() == 1 && weight_in.size(0) == x_in.size(-1), op, ": weight must be [C] = [",
+              as_text(x_in.size(-1)), "], found shape ", as_text(weight_in.sizes()));
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0, op, ": eps must be finite and >= 0");
+  const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
+  at::Tensor y = at::empty_like(x);
+  const int64_t C = x.size(-1), rows = x.numel() / C;
+  with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = static_cast<const T*>(x.data_ptr());
+    const T* pw = static_cast<const T*>(weight.data_ptr());
+    T* py = static_cast<T*>(y.data_ptr());
+    // One row (a decode step) is not worth waking a thread for; a prompt's rows are split.
+    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / C),
+                     [&](int64_t first, int64_t last) { rms_norm_rows(px, pw, py, C, eps, first, last); });
+  });
+  return y;
+}
+
+// ---- decode_attention -----------------------------------------------------------------------------------------
+
+struct AttentionShape {
+  int64_t B, H, Hkv, D, S, L;  // batch, query heads, key/value heads, head dim, cache slots, keys read (slot + 1)
+  int64_t slot;
+  float scale;
+};
+
+// Query head h of row b: scores against the L cached keys of its kv head, softmax, weighted sum of values.
+// Portable loops; attend_head_avx512 is the same on AVX-512.
+template <typename T>
+void attend_head_scalar(int64_t L, int64_t D, float scale, const float* q, const T* keys, const T* values,
+                        const bool* mask, float* scores, float* out_f32, T* out) {
+  float best = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < L; ++j) {
+    if (!mask[j]) continue;
+    scores[j] = round_to<T>(round_to<T>(dot_scalar(q, keys + j * D, D)) * scale);
+    best = std::max(best, scores[j]);
+  }
+  float total = 0.0f;
+  for (int64_t j = 0; j < L; ++j) {
+    scores[j] = mask[j] ? std::exp(scores[j] - best) : 0.0f;
+    total += scores[j];
+  }
+  std::fill(out_f32, out_f32 + D, 0.0f);
+  for (int64_t j = 0; j < L; ++j)
+    if (mask[j]) axpy_scalar(round_to<T>(scores[j] / total), values + j * D, out_f32, D);
+  for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(out_f32[d]);
+}
+
+template <typename T>
+void decode_attention_typed(const AttentionShape& s, const T* q, const T* k, const T* v, const T* cos, const T* sin,
+                            T* key_cache, T* value_cache, const bool* mask, T* out) {
+  const int64_t D = s.D, group = s.H / s.Hkv;
+  // 1. The new token's key (rotated) and value go into slot `slot` of every kv head.
+  std::vector<float> rotated(D);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t kvh = 0; kvh < s.Hkv; ++kvh) {
+      const int64_t row = ((b * s.Hkv + kvh) * s.S + s.slot) * D;
+      rope(k + (b * s.Hkv + kvh) * D, cos + b * D, sin + b * D, D, rotated.data());
+      for (int64_t d = 0; d < D; ++d) key_cache[row + d] = static_cast<T>(rotated[d]);  // exact: already rounded
+      std::memcpy(value_cache + row, v + (b * s.Hkv + kvh) * D, D * sizeof(T));
+    }
+  // 2. Every query head attends over slots 0..slot. Heads are independent, so threads split them; each head's
+  // sums run in a fixed order, so the result does not depend on the thread count.
+  const bool vector = use_avx512();
+  const int64_t heads = s.B * s.H, work = heads * s.L * D;
+  at::parallel_for(0, heads, work >= (1 << 18) ? 1 : heads, [&](int64_t first, int64_t last) {
+    std::vector<float> q_roped(D), scores(s.L), out_f32(D);
+    for (int64_t bh = first; bh < last; ++bh) {
+      const int64_t b = bh / s.H, h = bh % s.H, kvh = h / group;
+      rope(q + bh * D, cos + b * D, sin + b * D, D, q_roped.data());
+      const int64_t base = (b * s.Hkv + kvh) * s.S * D;
+      const T* keys = key_cache + base;
+      const T* values = value_cache + base;
+#ifdef MINIMOE_DECODE_AVX512
+      if (vector) {
+        attend_head_avx512(s.L, D, s.scale, q_roped.data(), keys, values, mask + b * s.L, scores.data(),
+                           out_f32.data(), out + bh * D);
+        continue;
+      }
+#endif
+      attend_head_scalar(s.L, D, s.scale, q_roped.data(), keys, values, mask + b * s.L, scores.data(),
+                         out_f32.data(), out + bh * D);
+    }
+  });
+}
+
+at::Tensor decode_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                                const at::Tensor& cos_in, const at::Tensor& sin_in, at::Tensor key_cache,
+                                at::Tensor value_cache, int64_t slot, const at::Tensor& mask_in, double scale) {
+  const char* op = "minimoe::decode_attention (CPU)";
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"q", q_in}, {"k", k_in}, {"v", v_in},
+                                {"cos", cos_in}, {"sin", sin_in}, {"key_cache", key_cache},
+                                {"value_cache", value_cache}, {"mask", mask_in}})
+    TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, found one on ", t.device());
+  const auto dtype = q_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
+              ": q must be float32, bfloat16 or float16, found ", dtype);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"k", k_in}, {"v", v_in}, {"cos", cos_in},
+                                {"sin", sin_in}, {"key_cache", key_cache}, {"value_cache", value_cache}})
+    TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must have q's dtype (", dtype, "), found ",
+                t.scalar_type());
+  TORCH_CHECK(q_in.dim() == 3, op, ": q must be [B, H, D], found shape ", as_text(q_in.sizes()));
+  const int64_t B = q_in.size(0), H = q_in.size(1), D = q_in.size(2);
+  TORCH_CHECK(B > 0 && H > 0 && D > 0 && D % 2 == 0, op, ": q [B, H, D] needs B, H > 0 and an even D > 0, found ",
+              as_text(q_in.sizes()));
+  TORCH_CHECK(k_in.dim() == 3 && k_in.size(0) == B && k_in.size(2) == D && k_in.size(1) > 0, op,
+              ": k must be [B, Hkv, D] = [", as_text(B), ", Hkv, ", as_text(D), "], found shape ", as_text(k_in.sizes()));
+  const int64_t Hkv = k_in.size(1);
+  TORCH_CHECK(H % Hkv == 0, op, ": the query heads (", as_text(H), ") must be a multiple of the kv heads (",
+              as_text(Hkv), ")");
+  TORCH_CHECK(v_in.sizes() == k_in.sizes(), op, ": v must have k's shape ", as_text(k_in.sizes()), ", found ",
+              as_text(v_in.sizes()));
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"cos", cos_in}, {"sin", sin_in}})
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == D, op, ": ", name, " must be [B, D] = [", as_text(B),
+                ", ", as_text(D), "], found shape ", as_text(t.sizes()));
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"key_cache", key_cache},
+                                {"value_cache", value_cache}}) {
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == B && t.size(1) == Hkv && t.size(3) == D, op, ": ", name,
+                " must be [B, Hkv, slots, D] = [", as_text(B), ", ", as_text(Hkv), ", slots, ", as_text(D),
+                "], found shape ", as_text(t.sizes()));
+    TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (it is written in place)");
+  }
+  TORCH_CHECK(value_cache.size(2) == key_cache.size(2), op, ": key_cache and value_cache must have as many slots, found ",
+              as_text(key_cache.size(2)), " and ", as_text(value_cache.size(2)));
+  const int64_t S = key_cache.size(2);
+  TORCH_CHECK(slot >= 0 && slot < S, op, ": slot must be in 0..", as_text(S - 1), " (the cache's slots), found ",
+              as_text(slot));
+  TORCH_CHECK(mask_in.scalar_type() == at::kBool, op, ": mask must be bool, found ", mask_in.scalar_type());
+  TORCH_CHECK(mask_in.dim() == 2 && mask_in.size(0) == B && mask_in.size(1) == slot + 1, op,
+              ": mask must be [B, slot + 1] = [", as_text(B), ", ", as_text(slot + 1), "], found shape ",
+              as_text(mask_in.sizes()));
+  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite");
+  const at::Tensor mask = mask_in.contiguous();
+  // Every row must see at least one key, or its softmax would be 0/0 (the model's mask always lets a token see
+  // itself).
+  const bool* pm = mask.data_ptr<bool>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(std::any_of(pm + b * (slot + 1), pm + (b + 1) * (slot + 1), [](bool m) { return m; }), op,
+                ": every row of mask must allow at least one key, row ", as_text(b), " allows none");
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), cos = cos_in.contiguous(),
+                   sin = sin_in.contiguous();
+  at::Tensor out = at::empty({B, H, D}, q.options());
+  const AttentionShape shape{B, H, Hkv, D, S, slot + 1, slot, static_cast<float>(scale)};
+  with_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const auto ptr = [](const at::Tensor& t) { return static_cast<T*>(t.data_ptr()); };
+    decode_attention_typed<T>(shape, ptr(q), ptr(k), ptr(v), ptr(cos), ptr(sin), ptr(key_cache), ptr(value_cache),
+                              mask.data_ptr<bool>(), ptr(out));
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(minimoe, CPU, m) {
+  m.impl("rms_norm", &cpu::rms_norm_cpu);
+  m.impl("decode_attention", &cpu::decode_attention_cpu);
+}
+
+}  // namespace minimoe
