@@ -272,7 +272,7 @@ def run_experts(experts: list[Expert], xs: list[torch.Tensor]) -> list[torch.Ten
     """[expert(x) for expert, x in zip(experts, xs)], batching the kernel calls across experts: all w1 and w3
     in one linear_many call, then all w2 in another (a decode step with two experts: 2 calls instead of 6)."""
     gates_and_ups = linear_many([x for x in xs for _ in (0, 1)], [w for e in experts for w in (e.w1, e.w3)])
-    hidden = [F.silu(gate) * up for gate, up in zip(gates_and_ups[0::2], gates_and_ups[1::2])]
+    hidden = [F.silu(gate, inplace=True).mul_(up) for gate, up in zip(gates_and_ups[0::2], gates_and_ups[1::2])]
     return linear_many(hidden, [e.w2 for e in experts])
 
 
@@ -294,16 +294,18 @@ class SparseMoeBlock(nn.Module):
         B, T, C = x.shape
         tokens = x.reshape(B * T, C)
         route = self.gate(tokens)
-        weights = route.weights.to(x.dtype)
-        out = torch.zeros_like(tokens)
         if route.experts.shape[1] == len(self.experts):
             # top-E of E (Confinus-2x7B: top-2 of 2): every token uses every expert, so there is nothing to
             # group; skip the gather/scatter and weight each expert's output by its column of dense weights.
+            # (Summed in expert order, exactly as the index_add_ below would from a zero start.)
             dense = torch.zeros_like(route.weights).scatter(1, route.experts, route.weights).to(x.dtype)
             ys = run_experts(list(self.experts), [tokens] * len(self.experts))
-            for e, y in enumerate(ys):
-                out += y * dense[:, e, None]
+            out = ys[0] * dense[:, :1]
+            for e in range(1, len(ys)):
+                out += ys[e] * dense[:, e:e + 1]
             return out.view(B, T, C), route
+        weights = route.weights.to(x.dtype)
+        out = torch.zeros_like(tokens)
         chosen = []  # (expert, which tokens chose it, in which of their k slots)
         for e, expert in enumerate(self.experts):
             token_index, slot = torch.where(route.experts == e)

@@ -98,14 +98,29 @@ inline __mmask16 tail_lanes(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
 }
 
+// Heads are processed 64 columns (4 registers) at a time, with the 4 lane masks of each 64-column piece computed
+// once: a loop over a run-time count of registers would keep its sums on the stack, not in registers.
+struct Piece {
+  int64_t d;           // first column
+  __mmask16 lanes[4];  // valid lanes of its 4 registers (a head of D = 24 has one full and one half register)
+};
+
+inline Piece piece_at(int64_t d, int64_t D) {
+  Piece p{d, {}};
+  for (int c = 0; c < 4; ++c) p.lanes[c] = tail_lanes(std::max<int64_t>(0, D - d - 16 * c));
+  return p;
+}
+
 template <typename T>
 MINIMOE_AVX512 float dot_avx512(const float* q, const T* k, int64_t D) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t d = 0; d < D; d += 16) {
-    const __mmask16 lanes = tail_lanes(D - d);
-    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(lanes, q + d), load_as_float(k + d, lanes), acc);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int64_t d = 0; d < D; d += 64) {
+    const Piece p = piece_at(d, D);
+    for (int c = 0; c < 4; ++c)
+      acc[c] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(p.lanes[c], q + d + 16 * c),
+                               load_as_float(k + d + 16 * c, p.lanes[c]), acc[c]);
   }
-  return _mm512_reduce_add_ps(acc);
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
 // r() on 16 lanes: round each fp32 to T (nearest even) and widen it back.
@@ -172,20 +187,18 @@ MINIMOE_AVX512 void attend_head_avx512(int64_t L, int64_t D, float scale, const 
     const __mmask16 lanes = tail_lanes(L - j);
     _mm512_mask_storeu_ps(scores + j, lanes, round_lanes<T>(_mm512_div_ps(_mm512_maskz_loadu_ps(lanes, scores + j), total)));
   }
-  // Weighted sum of the values, 128 columns at a time with the sums in registers (a chain through memory per
-  // 16 columns would wait on a store and a load for every key: measured 30% slower at L = 512).
-  for (int64_t d = 0; d < D; d += 128) {
-    const int chunks = static_cast<int>(std::min<int64_t>(8, (D - d + 15) / 16));
-    __m512 acc[8];
-    for (int c = 0; c < 8; ++c) acc[c] = _mm512_setzero_ps();
+  // Weighted sum of the values, 64 columns at a time with the sums in registers (one chain through memory per
+  // 16 columns would wait on a store and a load for every key).
+  for (int64_t d = 0; d < D; d += 64) {
+    const Piece piece = piece_at(d, D);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t j = 0; j < L; ++j) {
       if (!mask[j]) continue;  // never multiply an unwritten slot, even by 0: it may hold a NaN
       const __m512 p = _mm512_set1_ps(scores[j]);
       const T* row = values + j * D + d;
-      for (int c = 0; c < chunks; ++c)
-        acc[c] = _mm512_fmadd_ps(p, load_as_float(row + 16 * c, tail_lanes(D - d - 16 * c)), acc[c]);
+      for (int c = 0; c < 4; ++c) acc[c] = _mm512_fmadd_ps(p, load_as_float(row + 16 * c, piece.lanes[c]), acc[c]);
     }
-    for (int c = 0; c < chunks; ++c) _mm512_mask_storeu_ps(out_f32 + d + 16 * c, tail_lanes(D - d - 16 * c), acc[c]);
+    for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out_f32 + d + 16 * c, piece.lanes[c], acc[c]);
   }
   for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(out_f32[d]);
 }
