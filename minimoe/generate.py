@@ -13,7 +13,9 @@ top-p -> sample. temperature 0 means greedy (argmax).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import time
 import warnings
 from typing import Callable, Sequence
@@ -151,53 +153,73 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
     prefill_s = decode_s = graph_s = 0.0
     steps = 0
     feed, feed_mask = ids, mask
-    for step in range(budget):
-        if step == 1 and cuda_graph:
-            t0 = time.perf_counter()
-            from minimoe.graphs import GraphDecoder
+    with without_cycle_collection():  # see its docstring: 4-8% of a CPU decode step
+        for step in range(budget):
+            if step == 1 and cuda_graph:
+                t0 = time.perf_counter()
+                from minimoe.graphs import GraphDecoder
 
-            try:
-                decoder = GraphDecoder(model, batch, capacity=longest + budget)
-            except RuntimeError as error:  # capture refused by this torch / driver / op: decode eagerly
-                if insist:
-                    raise
-                warnings.warn(f"minimoe: CUDA graph capture failed, decoding without a graph "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", RuntimeWarning,
-                              stacklevel=2)
+                try:
+                    decoder = GraphDecoder(model, batch, capacity=longest + budget)
+                except RuntimeError as error:  # capture refused by this torch / driver / op: decode eagerly
+                    if insist:
+                        raise
+                    warnings.warn(f"minimoe: CUDA graph capture failed, decoding without a graph "
+                                  f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", RuntimeWarning,
+                                  stacklevel=2)
+                else:
+                    decoder.start(cache)
+                    cache = None  # the prompt's keys and values now live in the decoder's own cache
+                    graph_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if decoder is not None:
+                logits = decoder.step(feed)
             else:
-                decoder.start(cache)
-                cache = None  # the prompt's keys and values now live in the decoder's own cache
-                graph_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if decoder is not None:
-            logits = decoder.step(feed)
-        else:
-            logits = model(feed, cache=cache, attention_mask=feed_mask, last_token_only=True)[:, -1]
-        token = next_tokens(logits, cfg, seen, generator)
-        token_list = token.tolist()  # synchronises, so the timing below is honest on a GPU too
-        elapsed = time.perf_counter() - t0
-        if step == 0:
-            prefill_s = elapsed
-        else:
-            decode_s += elapsed
-            steps += 1
-        for row, t in enumerate(token_list):
-            if done[row]:
-                continue
-            if cfg.stop_on_eos and eos_id is not None and t == eos_id:
-                done[row], reasons[row] = True, "eos"
-                continue
-            out[row].append(t)
-            if on_step is not None and on_step(row, t):
-                done[row], reasons[row] = True, "stop"
-        if all(done):
-            break
-        seen.scatter_(1, token[:, None], True)
-        feed, feed_mask = token[:, None], None
+                logits = model(feed, cache=cache, attention_mask=feed_mask, last_token_only=True)[:, -1]
+            token = next_tokens(logits, cfg, seen, generator)
+            token_list = token.tolist()  # synchronises, so the timing below is honest on a GPU too
+            elapsed = time.perf_counter() - t0
+            if step == 0:
+                prefill_s = elapsed
+            else:
+                decode_s += elapsed
+                steps += 1
+            for row, t in enumerate(token_list):
+                if done[row]:
+                    continue
+                if cfg.stop_on_eos and eos_id is not None and t == eos_id:
+                    done[row], reasons[row] = True, "eos"
+                    continue
+                out[row].append(t)
+                if on_step is not None and on_step(row, t):
+                    done[row], reasons[row] = True, "stop"
+            if all(done):
+                break
+            seen.scatter_(1, token[:, None], True)
+            feed, feed_mask = token[:, None], None
     if budget < cfg.max_new_tokens:
         reasons = [r if r != "length" else "context" for r in reasons]
     return GenerationResult([""] * batch, out, [len(p) for p in prompts], reasons, prefill_s, decode_s, steps,
                             graph_s)
+
+
+@contextlib.contextmanager
+def without_cycle_collection():
+    """Python's cycle collector paused for the block (reference counting still frees everything at once).
+
+    A decode step makes and drops about a thousand tensors. Every 700 new container objects Python runs its
+    cycle collector; every tenth run also walks the older objects, and now and then a full run walks all of
+    them: with torch imported that is 300,000+ objects, none of them garbage. Measured at the mid-size model on the CPU, interleaved: 4-8% of the
+    decode time. Generation makes no reference cycles worth collecting mid-loop; any it does make are collected
+    as usual once the collector is back on. The collector's previous state is restored, even on an exception.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _graph_by_default(device: torch.device, budget: int) -> bool:

@@ -107,3 +107,24 @@ def test_text_generation_streams_and_stops_on_stop_string():
     again = generate(model, tok, "Once upon a time", max_new_tokens=20, temperature=0.9, seed=0, stop=[stop])
     assert again.finish_reasons == ["stop"]
     assert again.texts[0] == text[:text.index(stop)]
+
+
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_cycle_collector_paused_while_decoding_and_restored_after(hf_and_ours, enabled_before):
+    import gc
+
+    _, ours = hf_and_ours
+    seen_during = []
+    was = gc.isenabled()
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        generate_ids(ours, [[4, 5, 6]], SamplingConfig(max_new_tokens=5), eos_id=None,
+                     on_step=lambda row, token: seen_during.append(gc.isenabled()))
+        assert seen_during == [False] * 5
+        assert gc.isenabled() == enabled_before
+        with pytest.raises(ValueError):  # restored on an error raised inside the loop too
+            generate_ids(ours, [[4, 5, 6]], SamplingConfig(max_new_tokens=5), eos_id=None,
+                         on_step=lambda row, token: (_ for _ in ()).throw(ValueError("stop")))
+        assert gc.isenabled() == enabled_before
+    finally:
+        (gc.enable if was else gc.disable)()
