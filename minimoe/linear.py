@@ -5,7 +5,7 @@
 
     linear_many([x1, x2, ...], [layer1, layer2, ...]) = [layer1(x1), layer2(x2), ...] in fewer kernel calls
 
-This is the only place where model code meets the kernels: AWQLinear calls `minimoe.ops.awq_gemm`, which
+This is the only place where model code meets the int4 kernels: AWQLinear calls `minimoe.ops.awq_gemm`, which
 runs the compiled CPU/CUDA kernel for the tensors' device when the extension has one, else the pure-PyTorch
 reference in `minimoe.awq`; linear_many hands a list of AWQLinear products to `minimoe.ops.awq_gemm_many`.
 Weights are buffers/parameters without gradients: minimoe is an inference engine, but nothing here stops a

@@ -34,6 +34,13 @@
 #include "../check_text.h"
 #include "awq_gemm.h"
 
+// No fused multiply-adds the code does not ask for (see rope below): GCC and Clang spell it differently.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // GCC 12 reports a false "used uninitialized" from inside its own _mm512_reduce_add_ps at -Wall.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -214,7 +221,10 @@ bool use_avx512() {
 #endif
 }
 
-// ---- RoPE (exact, in plain C++: compiled without FMA, so nothing contracts a*b + c*d into one rounding) -------
+// ---- RoPE (exact: each product and the sum rounded separately, as torch's three ops round them) ---------------
+// Nothing may contract a*b + c*d into one fused multiply-add: on x86-64 this file is compiled without FMA (only
+// the AVX-512 functions above have it), and the pragmas at the top of the file forbid contraction elsewhere
+// (GCC on aarch64 would otherwise do it across statements).
 
 // out[d] = r(r(x[d] * cos[d]) + r(rotate_half(x)[d] * sin[d])), rotate_half(x) = (-x[D/2:], x[:D/2]).
 template <typename T>
