@@ -129,10 +129,10 @@ def awq_gemm_many(xs: list[torch.Tensor], weights: list[tuple]) -> list[torch.Te
     for x in xs:
         if x.dim() == 0:
             raise ValueError("awq_gemm_many: each x must have a last dimension of size K, found a 0-d tensor")
-    ys = torch.ops.minimoe.awq_gemm_many([x.reshape(-1, x.shape[-1]) for x in xs], [w[0] for w in weights],
-                                         [w[1] for w in weights], [w[2] for w in weights],
+    ys = torch.ops.minimoe.awq_gemm_many([x if x.dim() == 2 else x.reshape(-1, x.shape[-1]) for x in xs],
+                                         [w[0] for w in weights], [w[1] for w in weights], [w[2] for w in weights],
                                          [int(w[3]) for w in weights])
-    return [y.reshape(*x.shape[:-1], y.shape[-1]) for x, y in zip(xs, ys)]
+    return [y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1]) for x, y in zip(xs, ys)]
 
 
 def linear_stored(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
