@@ -164,16 +164,17 @@ def transformers_decode(model, prompt: torch.Tensor, decode_tokens: int) -> tupl
     return prompt.numel() / prefill_s, decode_tokens / decode_s
 
 
-def minimoe_decode(model, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
+def minimoe_decode(model, prompt: torch.Tensor, decode_tokens: int, compile: bool = False) -> tuple[float, float]:
     prefill_s, _ = timed(lambda: model(prompt[None], cache=model.new_cache(), last_token_only=True))
-    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1))
+    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1), compile=compile)
     return prompt.numel() / prefill_s, result.decode_tokens_per_s
 
 
-def run_mid(prompt_tokens: int, decode_tokens: int, rounds: int) -> list[dict]:
-    """All four engines loaded side by side, then measured in `rounds` interleaved rounds (each engine prefills
-    and decodes once per round), reporting each engine's median: this machine's speed drifts by tens of percent
-    within a minute, and measuring the engines one after another put that drift into their ratios."""
+def run_mid(prompt_tokens: int, decode_tokens: int, rounds: int, compile: bool = True) -> list[dict]:
+    """All engines loaded side by side, then measured in `rounds` interleaved rounds (each engine prefills and
+    decodes once per round), reporting each engine's median: this machine's speed drifts by tens of percent
+    within a minute, and measuring the engines one after another put that drift into their ratios.
+    compile: also the fp32 AWQ model with its decode steps through torch.compile (compiled during warm-up)."""
     import transformers
 
     engines = []  # (name, callable(prompt, decode_tokens) -> (prefill tok/s, decode tok/s))
@@ -193,9 +194,13 @@ def run_mid(prompt_tokens: int, decode_tokens: int, rounds: int) -> list[dict]:
             model = minimoe.load_model(awq_path, dtype=dtype)
             name = f"minimoe AWQ int4 ({ops.backend('cpu')}), {str(dtype).replace('torch.', '')} activations"
             engines.append((name, lambda p, n, model=model: minimoe_decode(model, p, n)))
+            if compile and dtype == torch.float32:  # the same model, decode steps through torch.compile
+                engines.append((name + ", torch.compile",
+                                lambda p, n, model=model: minimoe_decode(model, p, n, compile=True)))
     prompt = torch.randint(3, MID_CONFIG["vocab_size"], (prompt_tokens,))
-    for _, run in engines:
-        run(prompt[:8], 2)  # warm-up
+    warmup = {}
+    for name, run in engines:  # the whole prompt: the compiled engine compiles for the rounds' cache capacity here
+        warmup[name], _ = timed(lambda: run(prompt, 2))
     measured: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in engines}
     for _ in range(rounds):
         for name, run in engines:
@@ -204,7 +209,8 @@ def run_mid(prompt_tokens: int, decode_tokens: int, rounds: int) -> list[dict]:
     for name, runs in measured.items():
         rows.append({"engine": name, "prefill_tokens_per_s": statistics.median(p for p, _ in runs),
                      "decode_tokens_per_s": statistics.median(d for _, d in runs),
-                     "decode_tokens_per_s_rounds": [d for _, d in runs]})
+                     "decode_tokens_per_s_rounds": [d for _, d in runs],
+                     "warmup_seconds": warmup[name]})  # includes the compilation for torch.compile
     base = rows[0]
     for row in rows:
         row["decode_vs_transformers"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"]
@@ -385,10 +391,10 @@ def print_mid(rows: list[dict]) -> None:
     rounds = len(rows[0]["decode_tokens_per_s_rounds"])
     print(f"\nMid-size Mixtral (hidden 1024, 8 layers, 2 experts top-2), CPU, 128-token prompt; median of {rounds} "
           f"interleaved rounds")
-    print(f"  {'engine':<52} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode vs HF':>13}  per round")
+    print(f"  {'engine':<66} {'prefill tok/s':>14} {'decode tok/s':>13} {'decode vs HF':>13}  per round")
     for r in rows:
         per_round = " ".join(f"{v:.2f}" for v in r["decode_vs_transformers_rounds"])
-        print(f"  {r['engine']:<52} {r['prefill_tokens_per_s']:>14.1f} {r['decode_tokens_per_s']:>13.2f} "
+        print(f"  {r['engine']:<66} {r['prefill_tokens_per_s']:>14.1f} {r['decode_tokens_per_s']:>13.2f} "
               f"{r['decode_vs_transformers']:>12.2f}x  {per_round}")
 
 
@@ -403,6 +409,8 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the mid-size comparison")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave out the mid-size engine whose decode steps run through torch.compile")
     parser.add_argument("--gpu-layers", type=int, default=32, help="layers of the GPU model (32 = real)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "e2e.json"))
     parser.add_argument("--phase-real", action="store_true", help=argparse.SUPPRESS)  # the measuring subprocess
@@ -428,7 +436,7 @@ def main() -> int:
             report["real"] = json.loads(child.stdout.strip().splitlines()[-1])
             print_real(report["real"])
         if not args.skip_mid:
-            report["mid"] = run_mid(args.prompt_tokens, args.decode_tokens, args.rounds)
+            report["mid"] = run_mid(args.prompt_tokens, args.decode_tokens, args.rounds, not args.no_compile)
             print_mid(report["mid"])
     print()
     write_json(args.out, report, indent=2)

@@ -110,13 +110,16 @@ def next_tokens(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor,
 def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None = None, *,
                  eos_id: int | None = None,
                  on_step: Callable[[int, int], bool] | None = None,
-                 cuda_graph: bool | None = None) -> GenerationResult:
+                 cuda_graph: bool | None = None, compile: bool = False) -> GenerationResult:
     """Token-level generation: prompts as id lists -> GenerationResult (texts left empty).
 
     on_step(row, token) is called for every generated token; returning True finishes that row (stop strings).
     cuda_graph: replay decode steps from a captured CUDA graph (minimoe.graphs). None (the default) means yes
     on a CUDA device when more than one token is to be decoded, no elsewhere; if the capture fails then, a
     warning says why and the steps run eagerly. True insists (a failed capture raises); False never captures.
+    compile: on the CPU, run the decode steps through torch.compile (minimoe.graphs.CompiledDecoder). The first
+    generation with a new batch size or capacity bucket compiles for tens of seconds (GenerationResult's
+    graph_seconds), later ones reuse it. A failed compilation raises.
     """
     cfg = cfg or SamplingConfig()
     cfg.check()
@@ -148,6 +151,9 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
         cuda_graph = _graph_by_default(device, budget)
     elif cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs the model on a CUDA device, found it on {device}")
+    if compile and device.type != "cpu":
+        raise ValueError(f"compile=True runs the decode steps through torch.compile on the CPU; the model is on "
+                         f"{device} (on a GPU the CUDA graph is the default)")
     cache = model.new_cache()
     decoder = None
     prefill_s = decode_s = graph_s = 0.0
@@ -155,6 +161,15 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
     feed, feed_mask = ids, mask
     with without_cycle_collection():  # see its docstring: 4-8% of a CPU decode step
         for step in range(budget):
+            if step == 1 and compile:
+                t0 = time.perf_counter()
+                from minimoe.graphs import CompiledDecoder
+
+                with _cycle_collection():  # compiling makes much garbage, cycles included
+                    decoder = CompiledDecoder(model, batch, capacity=_capacity_bucket(longest + budget, context))
+                decoder.start(cache)
+                cache = None
+                graph_s = time.perf_counter() - t0
             if step == 1 and cuda_graph:
                 t0 = time.perf_counter()
                 from minimoe.graphs import GraphDecoder
@@ -222,6 +237,24 @@ def without_cycle_collection():
             gc.enable()
 
 
+@contextlib.contextmanager
+def _cycle_collection():
+    """The cycle collector on for the block (inside without_cycle_collection), then as it was."""
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            gc.disable()
+
+
+def _capacity_bucket(needed: int, context: int) -> int:
+    """The compiled decode step's cache capacity: `needed` rounded up to a power of two (at least 64, at most the
+    context), so that generations of similar length share one compilation."""
+    return min(context, max(64, 1 << (needed - 1).bit_length()))
+
+
 def _graph_by_default(device: torch.device, budget: int) -> bool:
     """Whether generate_ids captures a CUDA graph when not told: on CUDA devices, when it will replay it."""
     return device.type == "cuda" and budget > 2
@@ -229,11 +262,13 @@ def _graph_by_default(device: torch.device, budget: int) -> bool:
 
 def generate(model, tokenizer, prompts: str | Sequence[str], cfg: SamplingConfig | None = None, *,
              on_token: Callable[[int, str], None] | None = None, cuda_graph: bool | None = None,
+             compile: bool = False,
              **sampling) -> GenerationResult:
     """Generate text for one prompt or a batch. Other keyword arguments are SamplingConfig fields.
 
     on_token(row, text) streams each row's new text as soon as it forms whole characters.
     cuda_graph: as for generate_ids (None: replay decode steps from a CUDA graph on a GPU).
+    compile: as for generate_ids (True: decode steps through torch.compile, CPU only).
     """
     cfg = dataclasses.replace(cfg or SamplingConfig(), **sampling)
     single = isinstance(prompts, str)
@@ -262,7 +297,8 @@ def generate(model, tokenizer, prompts: str | Sequence[str], cfg: SamplingConfig
             on_token(row, piece)
         return hit >= 0
 
-    result = generate_ids(model, encoded, cfg, eos_id=tokenizer.eos_id, on_step=on_step, cuda_graph=cuda_graph)
+    result = generate_ids(model, encoded, cfg, eos_id=tokenizer.eos_id, on_step=on_step, cuda_graph=cuda_graph,
+                          compile=compile)
     for row, decoder in enumerate(decoders):
         if result.finish_reasons[row] != "stop":
             tail = decoder.flush()

@@ -120,6 +120,56 @@ def test_a_failed_capture_falls_back_to_eager_decoding_unless_insisted(fp32_mode
     assert fallback.tokens == eager.tokens and fallback.graph_seconds == 0
 
 
+# ------------------------------------------------------------------------------------------- torch.compile
+
+
+def test_compiled_decode_steps_equal_the_ordinary_cache_and_generation(tmp_path):
+    # One compilation (same batch and capacity throughout): the compiled static step against the ordinary
+    # forward step by step, on an AWQ model (the C++ int4 kernels inside the compiled step) with a padded batch,
+    # then generate_ids(compile=True) against eager generation, token for token.
+    from minimoe.graphs import CompiledDecoder
+
+    path = make_tiny_checkpoint(tmp_path, quantized=True, seed=8, dtype="float32", sliding_window=6)
+    model = minimoe.load_model(path, dtype=torch.float32)
+    prompts = [[5, 9, 33, 2, 7], [12, 3]]
+    ids, mask = left_padded(prompts)
+    cache = model.new_cache()
+    token = model(ids, cache=cache, attention_mask=mask, last_token_only=True)[:, -1].argmax(-1)
+    decoder = CompiledDecoder(model, batch=2, capacity=64)
+    decoder.start(cache)
+    for _ in range(8):
+        expected = model(token[:, None], cache=cache, last_token_only=True)[:, -1]
+        got = decoder.step(token)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * max(1.0, expected.abs().max().item()))
+        token = expected.argmax(-1)
+
+    cfg = SamplingConfig(max_new_tokens=10, stop_on_eos=False)  # capacity bucket: 5 + 10 -> 64, as above
+    eager = generate_ids(model, prompts, cfg)
+    compiled = generate_ids(model, prompts, cfg, compile=True)
+    assert compiled.tokens == eager.tokens
+    assert compiled.graph_seconds > 0 and compiled.decode_steps == eager.decode_steps
+
+
+def test_compile_is_for_the_cpu(fp32_model):
+    from minimoe.graphs import CompiledDecoder
+    from minimoe.model import Transformer
+
+    with torch.device("meta"):
+        elsewhere = Transformer(fp32_model.config, dtype=torch.float32)
+    with pytest.raises(ValueError, match="compiled decode step is for the CPU, found the model on meta"):
+        CompiledDecoder(elsewhere, batch=1, capacity=8)
+    with pytest.raises(ValueError, match="compile=True runs the decode steps through torch.compile on the CPU"):
+        generate_ids(elsewhere, [[1, 2]], SamplingConfig(max_new_tokens=3), compile=True)
+
+
+def test_capacity_buckets():
+    from minimoe.generate import _capacity_bucket
+
+    assert [_capacity_bucket(n, 4096) for n in (1, 64, 65, 148, 256, 257)] == [64, 64, 128, 256, 256, 512]
+    assert _capacity_bucket(3000, 2048) == 2048  # never beyond the context
+
+
 # ----------------------------------------------------------------------------------------------------- CUDA
 
 
