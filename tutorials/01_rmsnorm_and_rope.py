@@ -52,8 +52,11 @@ weight = (1 + 0.1 * torch.randn(C)).to(torch.float16)
 
 norm = RMSNorm(C, eps, dtype=torch.float16)
 norm.weight.copy_(weight)
-torch.testing.assert_close(rms_norm(x, weight, eps), norm(x))
-print("RMSNorm matches minimoe.model.RMSNorm (fp16 in, fp16 out)")
+# Equal up to fp16 rounding: our sum of squares, our division and (with the compiled extension) the module's
+# fused C++ op each round the fp32 statistics a little differently in the last bit, and then two roundings to
+# fp16 (x * r, then weight * that) can land a few outputs one or two fp16 steps apart (2^-10 relative each).
+torch.testing.assert_close(rms_norm(x, weight, eps), norm(x), rtol=2**-9, atol=0)
+print("RMSNorm matches minimoe.model.RMSNorm (fp16 in, fp16 out) to fp16 rounding")
 
 # %% [markdown]
 # **Why fp32 statistics?** fp16 tops out at 65504. Hidden states of a real model have outliers of a few
