@@ -159,30 +159,12 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
     prefill_s = decode_s = graph_s = 0.0
     steps = 0
     feed, feed_mask = ids, mask
-    with without_cycle_collection():  # see its docstring: 4-8% of a CPU decode step
+    with cycle_collection(False):  # see its docstring: 4-8% of a CPU decode step
         for step in range(budget):
-            if step == 1 and compile:
+            if step == 1 and (compile or cuda_graph):
                 t0 = time.perf_counter()
-                from minimoe.graphs import CompiledDecoder
-
-                with _cycle_collection():  # compiling makes much garbage, cycles included
-                    decoder = CompiledDecoder(model, batch, capacity=_capacity_bucket(longest + budget, context))
-                decoder.start(cache)
-                cache = None
-                graph_s = time.perf_counter() - t0
-            if step == 1 and cuda_graph:
-                t0 = time.perf_counter()
-                from minimoe.graphs import GraphDecoder
-
-                try:
-                    decoder = GraphDecoder(model, batch, capacity=longest + budget)
-                except RuntimeError as error:  # capture refused by this torch / driver / op: decode eagerly
-                    if insist:
-                        raise
-                    warnings.warn(f"minimoe: CUDA graph capture failed, decoding without a graph "
-                                  f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", RuntimeWarning,
-                                  stacklevel=2)
-                else:
+                decoder = _step_decoder(model, batch, longest + budget, compile, insist)
+                if decoder is not None:
                     decoder.start(cache)
                     cache = None  # the prompt's keys and values now live in the decoder's own cache
                     graph_s = time.perf_counter() - t0
@@ -219,34 +201,40 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
 
 
 @contextlib.contextmanager
-def without_cycle_collection():
-    """Python's cycle collector paused for the block (reference counting still frees everything at once).
+def cycle_collection(enabled: bool):
+    """Python's cycle collector on or off for the block, then as it was before (even on an exception).
 
-    A decode step makes and drops about a thousand tensors. Every 700 new container objects Python runs its
-    cycle collector; every tenth run also walks the older objects, and now and then a full run walks all of
-    them: with torch imported that is 300,000+ objects, none of them garbage. Measured at the mid-size model on the CPU, interleaved: 4-8% of the
-    decode time. Generation makes no reference cycles worth collecting mid-loop; any it does make are collected
-    as usual once the collector is back on. The collector's previous state is restored, even on an exception.
+    generate_ids decodes with it off. A decode step makes and drops about a thousand tensors. Every 700 new
+    container objects Python runs its cycle collector; every tenth run also walks the older objects, and now and
+    then a full run walks all of them: with torch imported that is 300,000+ objects, none of them garbage.
+    Measured at the mid-size model on the CPU, interleaved: 4-8% of the decode time. Reference counting still
+    frees every tensor at once; cycles made in the loop are collected once the collector is back on.
     """
     was_enabled = gc.isenabled()
-    gc.disable()
+    (gc.enable if enabled else gc.disable)()
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        (gc.enable if was_enabled else gc.disable)()
 
 
-@contextlib.contextmanager
-def _cycle_collection():
-    """The cycle collector on for the block (inside without_cycle_collection), then as it was."""
-    was_enabled = gc.isenabled()
-    gc.enable()
+def _step_decoder(model, batch: int, needed: int, compile: bool, insist: bool):
+    """The decoder generate_ids hands its steps to after the prompt: compiled (CPU) or a CUDA graph. None when a
+    capture the caller did not insist on is refused (a warning says why; the steps then run eagerly)."""
+    from minimoe.graphs import CompiledDecoder, GraphDecoder
+
+    if compile:
+        with cycle_collection(True):  # compiling makes much garbage, cycles included
+            capacity = _capacity_bucket(needed, model.config.max_position_embeddings)
+            return CompiledDecoder(model, batch, capacity)
     try:
-        yield
-    finally:
-        if not was_enabled:
-            gc.disable()
+        return GraphDecoder(model, batch, capacity=needed)
+    except RuntimeError as error:  # capture refused by this torch / driver / op: decode eagerly
+        if insist:
+            raise
+        warnings.warn(f"minimoe: CUDA graph capture failed, decoding without a graph "
+                      f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def _capacity_bucket(needed: int, context: int) -> int:

@@ -42,11 +42,7 @@ class GraphDecoder:
         device = model.device
         if graph and device.type != "cuda":
             raise ValueError(f"GraphDecoder: CUDA graphs need the model on a CUDA device, found it on {device}")
-        if batch < 1:
-            raise ValueError(f"GraphDecoder: batch must be >= 1, found {batch}")
-        self.model, self.batch, self.capacity = model, batch, capacity
-        self.length = 0  # slots in use, tracked on the host (the device copy is cache.slot)
-        self.graph = None
+        self._setup(model, batch, capacity)
         # Everything the steps touch is made under inference_mode (as the model's forward runs), and every later
         # in-place write to it happens under inference_mode too: torch refuses to update an inference tensor
         # outside it.
@@ -68,6 +64,14 @@ class GraphDecoder:
             with torch.cuda.graph(self.graph):  # records, does not run
                 self.logits = model.decode_step(self.ids, self.cache)
         torch.cuda.synchronize(device)
+
+    def _setup(self, model, batch: int, capacity: int) -> None:
+        """What every decoder holds before its cache and step exist."""
+        if batch < 1:
+            raise ValueError(f"{type(self).__name__}: batch must be >= 1, found {batch}")
+        self.model, self.batch, self.capacity = model, batch, capacity
+        self.length = 0  # slots in use, tracked on the host (the device copy is cache.slot)
+        self.graph = None
 
     def start(self, cache: KVCache) -> None:
         """Continue from a prefilled ordinary cache (the prompt's forward); resets anything decoded before."""
@@ -116,11 +120,7 @@ class CompiledDecoder(GraphDecoder):
         if device.type != "cpu":
             raise ValueError(f"CompiledDecoder: the compiled decode step is for the CPU, found the model on {device} "
                              f"(on a GPU, GraphDecoder's CUDA graph is the default)")
-        if batch < 1:
-            raise ValueError(f"CompiledDecoder: batch must be >= 1, found {batch}")
-        self.model, self.batch, self.capacity = model, batch, capacity
-        self.length = 0
-        self.graph = None
+        self._setup(model, batch, capacity)
         # Ordinary tensors, not inference tensors: torch.compile will not trace in-place updates of inference
         # tensors (the cache write). no_grad gives the same "no autograd" without that restriction.
         with torch.no_grad():

@@ -97,10 +97,9 @@ def linear_many(xs: torch.Tensor | list[torch.Tensor], layers) -> list[torch.Ten
     int4 at the mid-size shapes, too little to keep two cores busy one call at a time.
     """
     layers = list(layers)
-    if isinstance(xs, torch.Tensor):  # one input for all: flatten it to the kernels' [M, K] once, not per layer
-        ys = linear_many([xs.reshape(-1, xs.shape[-1])] * len(layers), layers) if xs.dim() > 2 else None
-        if ys is not None:
-            return [y.view(*xs.shape[:-1], y.shape[-1]) for y in ys]
+    if isinstance(xs, torch.Tensor):
+        if xs.dim() > 2:  # one input for all: flatten it to the kernels' [M, K] once, not once per layer
+            return [y.view(*xs.shape[:-1], y.shape[-1]) for y in linear_many(xs.reshape(-1, xs.shape[-1]), layers)]
         xs = [xs] * len(layers)
     xs = list(xs)
     quantized = [i for i, layer in enumerate(layers) if isinstance(layer, AWQLinear)]

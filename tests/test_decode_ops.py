@@ -7,6 +7,7 @@ the weighted sum of values. References here are computed independently of the ke
 Then the model itself: a decode step with the fused ops equals one through the PyTorch code. NaN never passes.
 """
 
+import contextlib
 import os
 
 import pytest
@@ -43,16 +44,23 @@ def with_isa(isa, fn):
 
 # ---- rms_norm --------------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def fused_ops_off():
+    """The model's own PyTorch code for the block: ops.has_fused_ops says no, then is restored."""
+    original = ops.has_fused_ops
+    ops.has_fused_ops = lambda device_type: False
+    try:
+        yield
+    finally:
+        ops.has_fused_ops = original
+
+
 def rms_norm_spec(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm.forward's own PyTorch lines (the module, with the fused op switched off)."""
     norm = RMSNorm(x.shape[-1], eps, dtype=x.dtype)
     norm.weight.data.copy_(weight)
-    original = ops.has_fused_ops
-    ops.has_fused_ops = lambda device_type: False
-    try:
+    with fused_ops_off():
         return norm(x)
-    finally:
-        ops.has_fused_ops = original
 
 
 @needs_kernel
@@ -134,14 +142,16 @@ def attention_spec(q, k, v, cos, sin, key_cache, value_cache, slot, mask, scale)
 
 @needs_kernel
 @examples(25)
-@given(B=st.integers(1, 3), heads=st.sampled_from([(4, 4), (4, 2), (8, 2), (4, 1)]), D=st.sampled_from([8, 16, 24, 64, 128]),
+@given(B=st.integers(1, 3), heads=st.sampled_from([(4, 4), (4, 2), (8, 2), (4, 1)]),
+       D=st.sampled_from([8, 16, 24, 64, 128]),
        slot=st.integers(0, 70), extra=st.integers(0, 5), dtype=st.sampled_from(DTYPES),
        window=st.sampled_from([None, None, 5]), padding=st.integers(0, 3), isa=st.sampled_from(["auto", "scalar"]),
        seed=st.integers(0, 2**31 - 1))
 def test_decode_attention_matches_the_spec(B, heads, D, slot, extra, dtype, window, padding, isa, seed):
     H, Hkv = heads
     S = slot + 1 + extra
-    q, k, v, cos, sin, key_cache, value_cache, mask = attention_case(B, H, Hkv, D, S, slot, dtype, seed, window, padding)
+    case = attention_case(B, H, Hkv, D, S, slot, dtype, seed, window, padding)
+    q, k, v, cos, sin, key_cache, value_cache, mask = case
     before_keys, before_values = key_cache.clone(), value_cache.clone()
     scale = D ** -0.5
     out = with_isa(isa, lambda: ops.decode_attention(q, k, v, cos, sin, key_cache, value_cache, slot, mask, scale))
@@ -210,10 +220,7 @@ def test_decode_attention_checks_arguments(change, message):
 
 def decode_logits(model, prompts, steps, fused):
     """Prefill a left-padded batch, then `steps` single-token steps; the logits of every step."""
-    original = ops.has_fused_ops
-    if not fused:
-        ops.has_fused_ops = lambda device_type: False
-    try:
+    with contextlib.nullcontext() if fused else fused_ops_off():
         width = max(len(p) for p in prompts)
         ids = torch.zeros(len(prompts), width, dtype=torch.long)
         mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -227,8 +234,6 @@ def decode_logits(model, prompts, steps, fused):
             logits = model(token, cache=cache)
             out.append(logits.float())
         return torch.cat(out, dim=1)
-    finally:
-        ops.has_fused_ops = original
 
 
 @needs_kernel

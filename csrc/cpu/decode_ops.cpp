@@ -192,7 +192,8 @@ MINIMOE_AVX512 void attend_head_avx512(int64_t L, int64_t D, float scale, const 
   const __m512 total = _mm512_set1_ps(_mm512_reduce_add_ps(total_v));
   for (int64_t j = 0; j < L; j += 16) {
     const __mmask16 lanes = tail_lanes(L - j);
-    _mm512_mask_storeu_ps(scores + j, lanes, round_lanes<T>(_mm512_div_ps(_mm512_maskz_loadu_ps(lanes, scores + j), total)));
+    const __m512 p = _mm512_div_ps(_mm512_maskz_loadu_ps(lanes, scores + j), total);
+    _mm512_mask_storeu_ps(scores + j, lanes, round_lanes<T>(p));
   }
   // Weighted sum of the values, 64 columns at a time with the sums in registers (one chain through memory per
   // 16 columns would wait on a store and a load for every key).
@@ -330,7 +331,7 @@ void decode_attention_typed(const AttentionShape& s, const T* q, const T* k, con
     }
   // 2. Every query head attends over slots 0..slot. Heads are independent, so threads split them; each head's
   // sums run in a fixed order, so the result does not depend on the thread count.
-  const bool vector = use_avx512();
+  [[maybe_unused]] const bool vector = use_avx512();  // read only where AVX-512 code exists
   const int64_t heads = s.B * s.H, work = heads * s.L * D;
   at::parallel_for(0, heads, work >= (1 << 18) ? 1 : heads, [&](int64_t first, int64_t last) {
     std::vector<float> q_roped(D), scores(s.L), out_f32(D);
@@ -373,7 +374,8 @@ at::Tensor decode_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
   TORCH_CHECK(B > 0 && H > 0 && D > 0 && D % 2 == 0, op, ": q [B, H, D] needs B, H > 0 and an even D > 0, found ",
               as_text(q_in.sizes()));
   TORCH_CHECK(k_in.dim() == 3 && k_in.size(0) == B && k_in.size(2) == D && k_in.size(1) > 0, op,
-              ": k must be [B, Hkv, D] = [", as_text(B), ", Hkv, ", as_text(D), "], found shape ", as_text(k_in.sizes()));
+              ": k must be [B, Hkv, D] = [", as_text(B), ", Hkv, ", as_text(D), "], found shape ",
+              as_text(k_in.sizes()));
   const int64_t Hkv = k_in.size(1);
   TORCH_CHECK(H % Hkv == 0, op, ": the query heads (", as_text(H), ") must be a multiple of the kv heads (",
               as_text(Hkv), ")");
@@ -389,8 +391,9 @@ at::Tensor decode_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, 
                 "], found shape ", as_text(t.sizes()));
     TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous (it is written in place)");
   }
-  TORCH_CHECK(value_cache.size(2) == key_cache.size(2), op, ": key_cache and value_cache must have as many slots, found ",
-              as_text(key_cache.size(2)), " and ", as_text(value_cache.size(2)));
+  TORCH_CHECK(value_cache.size(2) == key_cache.size(2), op,
+              ": key_cache and value_cache must have as many slots, found ", as_text(key_cache.size(2)), " and ",
+              as_text(value_cache.size(2)));
   const int64_t S = key_cache.size(2);
   TORCH_CHECK(slot >= 0 && slot < S, op, ": slot must be in 0..", as_text(S - 1), " (the cache's slots), found ",
               as_text(slot));
