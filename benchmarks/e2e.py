@@ -7,9 +7,10 @@
 Part 1, real shape (CPU): a random AWQ checkpoint with Confinus-2x7B's exact shapes (32 layers, hidden 4096,
 two 14336-wide experts, top-2, G = 128, fp16 embeddings/lm_head/router; ~7 GB in 4 shards) is written once
 with minimoe.testing.make_tiny_checkpoint and cached at --checkpoint. A fresh subprocess loads it (load time,
-peak RSS against the bytes on disk), prefills a 128-token prompt and decodes 32 tokens. Baselines measured in
-that same process:
-    decode floor    bytes a decoded token must read / read bandwidth (a sum over a 1 GB tensor)
+peak RSS against the bytes on disk), prefills a 128-token prompt and decodes 32 tokens, --real-rounds times.
+Baselines measured in that same process:
+    decode floor    bytes a decoded token must read / read bandwidth (a sum over a 1 GB tensor), measured
+                    right after each decode round; the fraction reported is the median of the rounds' fractions
     prefill floor   torch's own bf16 matmul time for every linear layer at M = 128 (AMX via oneDNN here)
 Part 2, mid-size (CPU): a Mixtral that transformers can hold in fp32 (hidden 1024, 8 layers, 2 experts):
 decode and prefill tokens/s of transformers (fp32, KV cache), minimoe fp32, and minimoe AWQ (C++ kernel), all
@@ -105,8 +106,13 @@ def prefill_floor_seconds(config, prompt_tokens: int, dtype=torch.bfloat16) -> f
     return total
 
 
-def run_real(path: str, prompt_tokens: int, decode_tokens: int, dtype_name: str) -> dict:
-    """Runs in a fresh process, so peak RSS means this load and nothing else."""
+def run_real(path: str, prompt_tokens: int, decode_tokens: int, dtype_name: str, rounds: int = 3) -> dict:
+    """Runs in a fresh process, so peak RSS means this load and nothing else.
+
+    Decode runs `rounds` times, each round followed by its own read-bandwidth measurement (best of 5 sums):
+    this machine's bandwidth drifts by 20-30% from minute to minute, so each round is compared with the floor
+    measured next to it, and the fraction reported is the median of the rounds' fractions (every round is kept
+    in the JSON). Decode tokens/s and the floor are reported as medians too."""
     dtype = getattr(torch, dtype_name)
     checkpoint = Checkpoint(path)
     stats = checkpoint.stats()
@@ -115,12 +121,18 @@ def run_real(path: str, prompt_tokens: int, decode_tokens: int, dtype_name: str)
     config = model.config
     prompt = torch.randint(3, config.vocab_size, (prompt_tokens,), generator=torch.Generator().manual_seed(0))
     prefill_s, _ = timed(lambda: model(prompt[None], cache=model.new_cache(), last_token_only=True))
-    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1))
-    peak = peak_rss()
-    bandwidth = read_bandwidth("cpu", gigabytes=1.0)
+    decode_rounds, bandwidth_rounds, peak = [], [], None
+    for _ in range(rounds):
+        result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1))
+        decode_rounds.append(result.decode_tokens_per_s)
+        if peak is None:  # before the bandwidth probe's 1 GB tensor exists
+            peak = peak_rss()
+        bandwidth_rounds.append(read_bandwidth("cpu", gigabytes=1.0))
     floor_prefill_s = prefill_floor_seconds(config, prompt_tokens)
-    decode_tps = result.decode_tokens_per_s
+    bandwidth = statistics.median(bandwidth_rounds)
+    decode_tps = statistics.median(decode_rounds)
     floor_tps = bandwidth / stats["bytes_read_per_token"]
+    fractions = [d / (b / stats["bytes_read_per_token"]) for d, b in zip(decode_rounds, bandwidth_rounds)]
     return {
         "dtype": dtype_name,
         "backend": ops.backend("cpu"),
@@ -137,9 +149,12 @@ def run_real(path: str, prompt_tokens: int, decode_tokens: int, dtype_name: str)
         "prefill_fraction_of_torch_matmul": floor_prefill_s / prefill_s,
         "decode_tokens": result.decode_steps,
         "decode_tokens_per_s": decode_tps,
+        "decode_tokens_per_s_rounds": decode_rounds,
         "read_bandwidth_bytes_per_s": bandwidth,
+        "read_bandwidth_bytes_per_s_rounds": bandwidth_rounds,
         "decode_floor_tokens_per_s": floor_tps,
-        "decode_fraction_of_floor": decode_tps / floor_tps,
+        "decode_fraction_of_floor": statistics.median(fractions),
+        "decode_fraction_of_floor_rounds": fractions,
     }
 
 
@@ -383,8 +398,13 @@ def print_real(r: dict) -> None:
           f"({r['prefill_fraction_of_torch_matmul']:.0%} of torch bf16 matmul on the same shapes; target >= 40%)")
     print(f"  decode                      {r['decode_tokens_per_s']:8.2f} tok/s  "
           f"(floor {r['decode_floor_tokens_per_s']:.2f} tok/s = {r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s / "
-          f"{r['bytes_read_per_token'] / 1e9:.2f} GB per token; {r['decode_fraction_of_floor']:.0%} of floor; "
+          f"{r['bytes_read_per_token'] / 1e9:.2f} GB per token; {r['decode_fraction_of_floor']:.0%} of floor, median "
+          f"of rounds; "
           f"target >= 50%)")
+    per_round = ", ".join(f"{d:.2f} tok/s / {b / 1e9:.1f} GB/s = {f:.0%}" for d, b, f in
+                          zip(r["decode_tokens_per_s_rounds"], r["read_bandwidth_bytes_per_s_rounds"],
+                              r["decode_fraction_of_floor_rounds"]))
+    print(f"  decode rounds, each against the bandwidth measured next to it (medians above): {per_round}")
 
 
 def print_mid(rows: list[dict]) -> None:
@@ -409,15 +429,21 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the mid-size comparison")
+    parser.add_argument("--real-rounds", type=int, default=3,
+                        help="decode rounds at the real shape, each after its own bandwidth measurement")
     parser.add_argument("--no-compile", action="store_true",
                         help="leave out the mid-size engine whose decode steps run through torch.compile")
     parser.add_argument("--gpu-layers", type=int, default=32, help="layers of the GPU model (32 = real)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "e2e.json"))
     parser.add_argument("--phase-real", action="store_true", help=argparse.SUPPRESS)  # the measuring subprocess
     args = parser.parse_args()
+    for name in ("rounds", "real_rounds", "decode_tokens"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, found {getattr(args, name)}")
 
     if args.phase_real:
-        print(json.dumps(run_real(args.checkpoint, args.prompt_tokens, args.decode_tokens, args.dtype)))
+        print(json.dumps(run_real(args.checkpoint, args.prompt_tokens, args.decode_tokens, args.dtype,
+                                  args.real_rounds)))
         return 0
     report = {"machine": machine()}
     if args.device == "cuda":
@@ -428,7 +454,8 @@ def main() -> int:
             report["write_seconds"] = ensure_real_checkpoint(args.checkpoint)
             child = subprocess.run([sys.executable, __file__, "--phase-real", "--checkpoint", args.checkpoint,
                                     "--prompt-tokens", str(args.prompt_tokens), "--decode-tokens",
-                                    str(args.decode_tokens), "--dtype", args.dtype],
+                                    str(args.decode_tokens), "--dtype", args.dtype, "--real-rounds",
+                                    str(args.real_rounds)],
                                    capture_output=True, text=True)
             if child.returncode != 0:
                 print(child.stderr, file=sys.stderr)

@@ -32,3 +32,42 @@ def test_error_probe_sees_every_cpu_check_raise():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "group_size 96 must divide K = 256, found remainder 64" in result.stdout
     assert "packed must be 2-D [R, N/8], found 1-D with shape [8]" in result.stdout
+
+
+def test_e2e_real_shape_part_compares_each_decode_round_with_its_own_bandwidth(tmp_path, monkeypatch):
+    # benchmarks/e2e.py's real-shape phase on a tiny checkpoint (the real one is 7 GB). The decode speeds and the
+    # bandwidth probes are scripted so that the median of the rounds' own fractions (what the script must report)
+    # differs from the ratio of the medians: rounds (1, 2, 3) tok/s against (40, 10, 20) GB/s at 1 GB a token
+    # are fractions (0.025, 0.2, 0.15), median 0.15; the medians' ratio would be 2 / 20 = 0.1.
+    import importlib
+    import types
+
+    from minimoe.checkpoint import Checkpoint
+    from minimoe.testing import make_tiny_checkpoint
+
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    e2e = importlib.import_module("e2e")
+    path = str(make_tiny_checkpoint(tmp_path / "ckpt", quantized=True))
+    per_token = Checkpoint(path).stats()["bytes_read_per_token"]
+    speeds, bandwidths = iter([1.0, 2.0, 3.0]), iter([40e9 * per_token / 1e9, 10e9 * per_token / 1e9,
+                                                      20e9 * per_token / 1e9])
+    real_generate = e2e.generate_ids
+    def scripted_generate(*args, **kwargs):  # the real generation, reporting the next scripted speed
+        result = real_generate(*args, **kwargs)
+        return types.SimpleNamespace(decode_tokens_per_s=next(speeds), decode_steps=result.decode_steps)
+
+    monkeypatch.setattr(e2e, "generate_ids", scripted_generate)
+    monkeypatch.setattr(e2e, "read_bandwidth", lambda *a, **k: next(bandwidths))
+    report = e2e.run_real(path, prompt_tokens=8, decode_tokens=3, dtype_name="float32", rounds=3)
+    assert report["decode_tokens_per_s_rounds"] == [1.0, 2.0, 3.0]
+    assert report["decode_fraction_of_floor_rounds"] == pytest.approx([0.025, 0.2, 0.15], rel=1e-12)
+    assert report["decode_fraction_of_floor"] == pytest.approx(0.15, rel=1e-12)
+    assert report["decode_tokens_per_s"] == 2.0
+    assert report["decode_tokens"] == 3
+    assert report["peak_rss_bytes"] >= report["rss_before_load_bytes"] > 0
+
+
+def test_e2e_refuses_zero_rounds():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "e2e.py"), "--real-rounds", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--real-rounds must be at least 1, found 0" in result.stderr
