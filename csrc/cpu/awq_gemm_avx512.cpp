@@ -21,7 +21,9 @@
 // product. The accumulator is somewhat larger than a plain sum of x*q would be (f is >= 1), so its rounding
 // error is a few times that of a textbook loop; tests/test_kernels.py bounds it against the reference.
 // (Converting with vcvtdq2ps instead costs a shift, an and and a convert: 3 ops instead of 2, on the same ports
-// as the FMA. The driver's decode loop is port-bound at M = 1 on this machine, so the 2-op form matters.)
+// as the FMA. With the weights in cache the decode loop is port-bound at M = 1 on this machine, so the 2-op form
+// matters there; from memory the memory side sets the pace: a loop with half the instructions, on VNNI integer
+// dot products, measured no faster. See docs/kernels-cpu.md.)
 //
 // ---- Where the bytes go (decode, M = 1, 4096 x 14336) ------------------------------------------------------
 // qweight is 29.4 MB and is read exactly once; scales + zeros add 1.1 MB; x (16 KB) and the running sums stay
