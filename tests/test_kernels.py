@@ -174,7 +174,8 @@ def test_other_scale_dtypes(device, scale_dtype):
 
 @pytest.mark.parametrize("M", [1, 3, 40])  # decode (one and several rows of x) and prefill (bf16 at 40)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("K,G", [(384, 128), (2048, 32)])  # decode cuts K into 1 chunk / 8 chunks of groups
+# decode cuts K into 1 chunk / 2 chunks / 8 chunks of groups (fewer chunks than threads: columns split as well)
+@pytest.mark.parametrize("K,G", [(128, 128), (384, 128), (2048, 32)])
 def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G):
     require_kernel("cpu")
     # N spans several tiles so that two threads really split it.
