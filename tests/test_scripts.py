@@ -37,8 +37,8 @@ def test_error_probe_sees_every_cpu_check_raise():
 def test_e2e_real_shape_part_compares_each_decode_round_with_its_own_bandwidth(tmp_path, monkeypatch):
     # benchmarks/e2e.py's real-shape phase on a tiny checkpoint (the real one is 7 GB). The decode speeds and the
     # bandwidth probes are scripted so that the median of the rounds' own fractions (what the script must report)
-    # differs from the ratio of the medians: rounds (1, 2, 3) tok/s against (40, 10, 20) GB/s at 1 GB a token
-    # are fractions (0.025, 0.2, 0.15), median 0.15; the medians' ratio would be 2 / 20 = 0.1.
+    # differs from the ratio of the medians: rounds of (1, 2, 3) tok/s against probes worth floors of (40, 10, 20)
+    # tok/s are fractions (0.025, 0.2, 0.15), median 0.15; the medians' ratio would be 2 / 20 = 0.1.
     import importlib
     import types
 
@@ -49,9 +49,9 @@ def test_e2e_real_shape_part_compares_each_decode_round_with_its_own_bandwidth(t
     e2e = importlib.import_module("e2e")
     path = str(make_tiny_checkpoint(tmp_path / "ckpt", quantized=True))
     per_token = Checkpoint(path).stats()["bytes_read_per_token"]
-    speeds, bandwidths = iter([1.0, 2.0, 3.0]), iter([40e9 * per_token / 1e9, 10e9 * per_token / 1e9,
-                                                      20e9 * per_token / 1e9])
+    speeds, bandwidths = iter([1.0, 2.0, 3.0]), iter([floor * per_token for floor in (40.0, 10.0, 20.0)])
     real_generate = e2e.generate_ids
+
     def scripted_generate(*args, **kwargs):  # the real generation, reporting the next scripted speed
         result = real_generate(*args, **kwargs)
         return types.SimpleNamespace(decode_tokens_per_s=next(speeds), decode_steps=result.decode_steps)
