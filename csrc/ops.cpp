@@ -40,6 +40,14 @@ TORCH_LIBRARY(minimoe, m) {
   // cos/sin [B, D], caches [B, Hkv, slots, D] -> [B, H, D]
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor cos, Tensor sin, Tensor(a!) key_cache, "
         "Tensor(b!) value_cache, int slot, Tensor mask, float scale) -> Tensor");
+  // One decoder layer's decode step (csrc/cpu/decode_layer.cpp): the torch and minimoe ops of DecoderLayer.forward
+  // for x [B, 1, C], called from C++. norms: the 2 RMSNorm weights; attention: (qweight, qzeros, scales) of q, k,
+  // v, o; ffn: those of each expert's w1, w3, w2 (router given) or of gate, up, down (router None).
+  // -> (out [B, 1, C], router logits, chosen experts, their weights; the last three None without a router)
+  m.def("decode_layer(Tensor x, Tensor cos, Tensor sin, Tensor mask, Tensor(a!) key_cache, Tensor(b!) value_cache, "
+        "int slot, Tensor[] norms, Tensor[] attention, int[] attention_groups, Tensor? router, Tensor[] ffn, "
+        "int[] ffn_groups, int heads, int kv_heads, int top_k, float scale, float eps) "
+        "-> (Tensor, Tensor?, Tensor?, Tensor?)");
 }
 
 namespace {
@@ -65,7 +73,8 @@ pybind11::dict build_info() {
   info["cuda_archs"] = std::string(MINIMOE_CUDA_ARCHS);
   info["compiled_with_torch"] = std::string(TORCH_VERSION);
   pybind11::dict kernels;
-  for (const char* op : {"awq_unpack", "awq_gemm", "awq_gemm_many", "linear_stored", "rms_norm", "decode_attention"})
+  for (const char* op : {"awq_unpack", "awq_gemm", "awq_gemm_many", "linear_stored", "rms_norm", "decode_attention",
+                         "decode_layer"})
     kernels[op] = devices_with_kernel(op);
   info["kernels"] = kernels;
   // The CPU kernels' instruction-set tier on this machine (the automatic choice; MINIMOE_CPU_ISA overrides it

@@ -8,6 +8,7 @@ without the extension: each op falls back to the pure-PyTorch spec in `minimoe.a
     awq_unpack(packed)                                  packed int32 words -> uint8 codes
     rms_norm(x, weight, eps)                            RMSNorm in one call (CPU decode; model.RMSNorm is the spec)
     decode_attention(q, k, v, cos, sin, ...)            one new token's RoPE + cache write + attention in one call
+    decode_layer(x, cos, sin, mask, ...)                a whole decoder layer's decode step in one call (CPU)
     backend(device)                                     "cuda" | "cpu" | "reference": who runs awq_gemm there
     build_info()                                        how the extension was built, or why it did not load
 
@@ -175,6 +176,30 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: tor
     """
     return torch.ops.minimoe.decode_attention(q, k, v, cos, sin, key_cache, value_cache, int(slot), mask,
                                               float(scale))
+
+
+def has_fused_layer(device_type: str) -> bool:
+    """True when `decode_layer` has a kernel on this device (the CPU extension), along with every op it calls."""
+    return (has_fused_ops(device_type) and _has_kernel("decode_layer", device_type)
+            and _has_kernel("awq_gemm_many", device_type))
+
+
+def decode_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, key_cache: torch.Tensor,
+                 value_cache: torch.Tensor, slot: int, norms: list, attention: list, attention_groups: list,
+                 router: torch.Tensor | None, ffn: list, ffn_groups: list, heads: int, kv_heads: int, top_k: int,
+                 scale: float, eps: float):
+    """One decoder layer's decode step in one call (the CPU kernel; no fallback: see has_fused_layer).
+
+    The ops `model.DecoderLayer.forward` runs for x [B, 1, C], in the same order, called from C++: the same result
+    bit for bit. norms: the two RMSNorm weights. attention: (qweight, qzeros, scales) of q, k, v, o, flattened,
+    with their group sizes. ffn: the same for each expert's w1, w3, w2 (router: the gate's [E, C] weight) or for
+    a dense MLP's gate, up, down (router None). key_cache/value_cache [B, Hkv, slots, D]: the layer's buffers; the
+    new token's key and value are written at `slot`. mask [B, 1, slot + 1], cos/sin [B, 1, D] as the layer gets them.
+    Returns (out [B, 1, C], router logits, chosen experts, their weights), the last three None without a router.
+    """
+    return torch.ops.minimoe.decode_layer(x, cos, sin, mask, key_cache, value_cache, int(slot), norms, attention,
+                                          attention_groups, router, ffn, ffn_groups, int(heads), int(kv_heads),
+                                          int(top_k), float(scale), float(eps))
 
 
 def can_keep_stored(device_type: str, activation_dtype: torch.dtype, stored_dtype: torch.dtype) -> bool:

@@ -1,0 +1,193 @@
+// decode_layer.cpp - one decoder layer's decode step on the CPU, the model's own torch ops called from C++.
+//
+// Why it exists. With the int4 products, the norms and the attention in compiled kernels, what was left of a CPU
+// decode step of the mid-size model (hidden 1024, 8 layers) was the Python between them: about 40 torch calls
+// per layer (views, casts, the router's softmax and top-k, SiLU, the weighted sum of the experts) and the module
+// calls around them, each slower inside a real step than in a warm loop, because every int4 product streams
+// megabytes of weights through the caches. Here the same calls run in one C++ function: a mid-size token took
+// 10-15% less time (interleaved A/B, docs/kernels-cpu.md).
+//
+// It is not a second implementation. Every step below is the torch op, or the minimoe op, that the PyTorch code in
+// minimoe/model.py calls at that point (DecoderLayer -> RMSNorm -> Attention -> SparseMoeBlock / MLP), with the
+// same arguments in the same order, so the result is the same bit for bit; tests/test_decode_layer.py checks
+// exactly that. The model calls it only where it applies (DecoderLayer._decode_arguments): a single-token step
+// through a KVCache, on the CPU, every linear layer AWQ int4 without a bias; anywhere else the Python runs.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../check_text.h"
+
+namespace minimoe {
+namespace cpu {
+namespace {
+
+// The minimoe ops this one calls, found in the dispatcher once (each validates its own arguments).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("minimoe::rms_norm", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+  return op.call(x, weight, eps);
+}
+
+// awq_gemm_many over `count` consecutive linears of `weights` (qweight, qzeros, scales per linear) from `first`.
+std::vector<at::Tensor> awq_many(const std::vector<at::Tensor>& xs, const at::TensorList weights,
+                                 const at::IntArrayRef groups, int64_t first, int64_t count) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("minimoe::awq_gemm_many", "")
+                       .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                                                      at::IntArrayRef)>();
+  std::vector<at::Tensor> qweights, qzeros, scales;
+  for (int64_t i = first; i < first + count; ++i) {
+    qweights.push_back(weights[3 * i]);
+    qzeros.push_back(weights[3 * i + 1]);
+    scales.push_back(weights[3 * i + 2]);
+  }
+  return op.call(xs, qweights, qzeros, scales, groups.slice(first, count));
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                            const at::Tensor& sin, const at::Tensor& key_cache, const at::Tensor& value_cache,
+                            int64_t slot, const at::Tensor& mask, double scale) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("minimoe::decode_attention", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, at::Tensor, at::Tensor, int64_t, const at::Tensor&,
+                                         double)>();
+  return op.call(q, k, v, cos, sin, key_cache, value_cache, slot, mask, scale);
+}
+
+// SparseMoeBlock.forward (and Router.forward, run_experts) for the layer's B*T tokens [N, C].
+// ffn: per expert e, the (qweight, qzeros, scales) of w1, w3, w2. Returns (out, logits, experts, weights).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe(const at::Tensor& tokens, const at::Tensor& router,
+                                                               at::TensorList ffn, at::IntArrayRef groups,
+                                                               int64_t top_k) {
+  const int64_t E = router.size(0);
+  // Router.forward
+  const at::Tensor logits = at::linear(tokens.to(at::kFloat), router.to(at::kFloat)).to(tokens.scalar_type());
+  const at::Tensor probs = at::softmax(logits, -1, at::kFloat);
+  auto [top, experts] = at::topk(probs, top_k, -1);
+  const at::Tensor weights = top / top.sum(-1, /*keepdim=*/true);
+  // run_experts(chosen, inputs): every w1 and w3 in one awq_gemm_many, SiLU(gate) * up, every w2 in another.
+  const auto run_experts = [&](const std::vector<int64_t>& chosen, const std::vector<at::Tensor>& inputs) {
+    std::vector<at::Tensor> xs, hidden, ys;
+    std::vector<at::Tensor> w13, w2;
+    std::vector<int64_t> g13, g2;
+    for (size_t i = 0; i < chosen.size(); ++i) {
+      const int64_t e = chosen[i];
+      for (int64_t j : {0, 1}) {  // w1, w3
+        xs.push_back(inputs[i]);
+        for (int64_t t = 0; t < 3; ++t) w13.push_back(ffn[9 * e + 3 * j + t]);
+        g13.push_back(groups[3 * e + j]);
+      }
+      for (int64_t t = 0; t < 3; ++t) w2.push_back(ffn[9 * e + 6 + t]);
+      g2.push_back(groups[3 * e + 2]);
+    }
+    auto gates_and_ups = awq_many(xs, w13, g13, 0, static_cast<int64_t>(xs.size()));
+    for (size_t i = 0; i < chosen.size(); ++i) hidden.push_back(at::silu_(gates_and_ups[2 * i]).mul_(gates_and_ups[2 * i + 1]));
+    return awq_many(hidden, w2, g2, 0, static_cast<int64_t>(hidden.size()));
+  };
+  at::Tensor out;
+  if (top_k == E) {  // every token uses every expert: dense weights, no gather/scatter
+    const at::Tensor dense = at::zeros_like(weights).scatter(1, experts, weights).to(tokens.scalar_type());
+    std::vector<int64_t> all;
+    for (int64_t e = 0; e < E; ++e) all.push_back(e);
+    const auto ys = run_experts(all, std::vector<at::Tensor>(E, tokens));
+    out = ys[0] * dense.slice(1, 0, 1);
+    for (int64_t e = 1; e < E; ++e) out += ys[e] * dense.slice(1, e, e + 1);
+  } else {
+    const at::Tensor weights_dt = weights.to(tokens.scalar_type());
+    out = at::zeros_like(tokens);
+    std::vector<int64_t> chosen;
+    std::vector<at::Tensor> inputs, token_indices, slots;
+    for (int64_t e = 0; e < E; ++e) {
+      const auto where = at::where(experts == e);
+      if (where[0].numel() == 0) continue;
+      chosen.push_back(e);
+      token_indices.push_back(where[0]);
+      slots.push_back(where[1]);
+      inputs.push_back(tokens.index({where[0]}));
+    }
+    const auto ys = run_experts(chosen, inputs);
+    for (size_t i = 0; i < chosen.size(); ++i)
+      out.index_add_(0, token_indices[i], ys[i] * weights_dt.index({token_indices[i], slots[i]}).unsqueeze(-1));
+  }
+  return {out, logits, experts, weights};
+}
+
+using LayerOutput = std::tuple<at::Tensor, std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>;
+
+LayerOutput decode_layer_cpu(
+    const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask, at::Tensor key_cache,
+    at::Tensor value_cache, int64_t slot, at::TensorList norms, at::TensorList attention,
+    at::IntArrayRef attention_groups, const std::optional<at::Tensor>& router, at::TensorList ffn,
+    at::IntArrayRef ffn_groups, int64_t heads, int64_t kv_heads, int64_t top_k, double scale, double eps) {
+  const char* op = "minimoe::decode_layer (CPU)";
+  // What this op itself relies on; the ops it calls check everything else (dtypes, devices, weight shapes).
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, found one on ", x.device());
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == 1 && x.size(0) > 0 && x.size(2) > 0, op,
+              ": x must be [B, 1, C] (one new token per row), found shape ", as_text(x.sizes()));
+  const int64_t B = x.size(0), C = x.size(2);
+  TORCH_CHECK(norms.size() == 2, op, ": norms must be the 2 RMSNorm weights, found ", as_text(norms.size()));
+  TORCH_CHECK(attention.size() == 12 && attention_groups.size() == 4, op,
+              ": attention must be (qweight, qzeros, scales) of q, k, v, o (12 tensors, 4 group sizes), found ",
+              as_text(attention.size()), " tensors and ", as_text(attention_groups.size()), " group sizes");
+  TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0, op,
+              ": heads must be a positive multiple of kv_heads, found ", as_text(heads), " and ", as_text(kv_heads));
+  TORCH_CHECK(key_cache.dim() == 4, op, ": key_cache must be [B, Hkv, slots, D], found shape ",
+              as_text(key_cache.sizes()));
+  const int64_t D = key_cache.size(3);
+  TORCH_CHECK(cos.dim() == 3 && cos.size(1) == 1 && sin.dim() == 3 && sin.size(1) == 1, op,
+              ": cos and sin must be [B, 1, D], found shapes ", as_text(cos.sizes()), " and ", as_text(sin.sizes()));
+  TORCH_CHECK(mask.dim() == 3 && mask.size(1) == 1, op, ": mask must be [B, 1, slots seen], found shape ",
+              as_text(mask.sizes()));
+  if (router.has_value()) {
+    TORCH_CHECK(router->dim() == 2 && router->size(0) > 0 && router->size(1) == C, op,
+                ": the router weight must be [E, C] = [E, ", as_text(C), "], found shape ",
+                as_text(router->sizes()));
+    const int64_t E = router->size(0);
+    TORCH_CHECK(static_cast<int64_t>(ffn.size()) == 9 * E && static_cast<int64_t>(ffn_groups.size()) == 3 * E, op,
+                ": ffn must be (qweight, qzeros, scales) of w1, w3, w2 for each of the ", as_text(E), " experts (",
+                as_text(9 * E), " tensors, ", as_text(3 * E), " group sizes), found ", as_text(ffn.size()),
+                " tensors and ", as_text(ffn_groups.size()), " group sizes");
+    TORCH_CHECK(top_k >= 1 && top_k <= E, op, ": top_k must be in 1..", as_text(E), ", found ", as_text(top_k));
+  } else {
+    TORCH_CHECK(ffn.size() == 9 && ffn_groups.size() == 3, op,
+                ": without a router, ffn must be (qweight, qzeros, scales) of gate, up, down (9 tensors, 3 group "
+                "sizes), found ",
+                as_text(ffn.size()), " tensors and ", as_text(ffn_groups.size()), " group sizes");
+  }
+
+  // DecoderLayer.forward: h = x + attn(norm1(x))
+  const at::Tensor n1 = rms_norm(x, norms[0], eps).reshape({-1, C});
+  const auto qkv = awq_many({n1, n1, n1}, attention, attention_groups, 0, 3);  // linear_many(x, (q, k, v))
+  TORCH_CHECK(qkv[0].size(1) == heads * D && qkv[1].size(1) == kv_heads * D && qkv[2].size(1) == kv_heads * D, op,
+              ": q, k and v must have heads * D = ", as_text(heads * D), " and kv_heads * D = ", as_text(kv_heads * D),
+              " outputs, found ", as_text(qkv[0].size(1)), ", ", as_text(qkv[1].size(1)), " and ",
+              as_text(qkv[2].size(1)));
+  const at::Tensor attended =
+      decode_attention(qkv[0].view({B, heads, D}), qkv[1].view({B, kv_heads, D}), qkv[2].view({B, kv_heads, D}),
+                       cos.select(1, 0), sin.select(1, 0), key_cache, value_cache, slot, mask.select(1, 0), scale);
+  const at::Tensor o = awq_many({attended.view({B, heads * D})}, attention, attention_groups, 3, 1)[0];
+  const at::Tensor h = x + o.view({B, 1, C});
+  // out = h + ffn(norm2(h))
+  const at::Tensor tokens = rms_norm(h, norms[1], eps).reshape({B, C});
+  if (!router.has_value()) {  // MLP.forward: down(silu(gate) * up)
+    const auto gate_up = awq_many({tokens, tokens}, ffn, ffn_groups, 0, 2);
+    const at::Tensor down = awq_many({at::silu(gate_up[0]) * gate_up[1]}, ffn, ffn_groups, 2, 1)[0];
+    return {h + down.view({B, 1, C}), std::nullopt, std::nullopt, std::nullopt};
+  }
+  auto [out, logits, experts, weights] = moe(tokens, *router, ffn, ffn_groups, top_k);
+  return {h + out.view({B, 1, C}), logits, experts, weights};
+}
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(minimoe, CPU, m) { m.impl("decode_layer", &cpu::decode_layer_cpu); }
+
+}  // namespace minimoe

@@ -1,0 +1,185 @@
+"""minimoe.ops.decode_layer (csrc/cpu/decode_layer.cpp): a decoder layer's decode step in one call.
+
+Its spec is the model's PyTorch code (`DecoderLayer.forward` and everything it calls), and the op calls the very
+same torch and minimoe ops from C++, so the contract is equality, bit for bit: the logits, the routing decisions
+and the keys and values written to the cache, over several decode steps of a left-padded batch, for dense and
+sparse routing (top-E of E, top-k of E), a dense Mistral MLP, a sliding window, and fp32/bf16/fp16 activations.
+The reference is the same model with the op switched off (`ops.has_fused_layer` says no), which runs the Python.
+NaN never passes: torch.equal is False for NaN, and the logits are checked finite.
+"""
+
+import contextlib
+import re
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minimoe
+from minimoe import ops
+from minimoe.model import KVCache
+from minimoe.testing import make_tiny_checkpoint
+
+needs_kernel = pytest.mark.skipif(not ops.has_fused_layer("cpu"),
+                                  reason="the compiled CPU extension (decode_layer) is not built")
+
+CONFIGS = {
+    "top-2 of 2 (dense routing)": dict(),
+    "top-2 of 4 (sparse routing)": dict(num_local_experts=4, num_experts_per_tok=2),
+    "top-1 of 3, sliding window 5": dict(num_local_experts=3, num_experts_per_tok=1, sliding_window=5),
+    "dense Mistral MLP": dict(model_type="mistral"),
+}
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+_models = {}
+
+
+def awq_model(config: str, dtype: torch.dtype, tmp_path_factory):
+    """A tiny AWQ checkpoint of the given config, loaded once per (config, dtype)."""
+    if (config, dtype) not in _models:
+        path = make_tiny_checkpoint(tmp_path_factory.mktemp("decode_layer"), quantized=True, seed=3,
+                                    **CONFIGS[config])
+        _models[config, dtype] = minimoe.load_model(path, dtype=dtype)
+    return _models[config, dtype]
+
+
+@contextlib.contextmanager
+def layer_op(enabled: bool):
+    """Within the block the model uses ops.decode_layer where it applies (enabled) or never (the Python)."""
+    original = ops.has_fused_layer
+    if not enabled:
+        ops.has_fused_layer = lambda device_type: False
+    try:
+        yield
+    finally:
+        ops.has_fused_layer = original
+
+
+def decode(model, prompts, steps: int, fused: bool):
+    """Prefill a left-padded batch, then `steps` single-token steps: [(logits, routes, keys, values)] per step."""
+    with layer_op(fused):
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), width, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
+        cache = model.new_cache()
+        logits = model(ids, attention_mask=mask, cache=cache, last_token_only=True)
+        out = []
+        for step in range(steps):
+            token = (logits[:, -1].argmax(-1, keepdim=True) + 7 * step) % model.config.vocab_size
+            logits, routes = model(token, cache=cache, output_router_logits=True)
+            out.append((logits, routes, [k[:, :, :cache.length].clone() for k in cache.keys],
+                        [v[:, :, :cache.length].clone() for v in cache.values]))
+        return out
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("config", list(CONFIGS))
+@given(prompts=st.lists(st.lists(st.integers(0, 255), min_size=1, max_size=9), min_size=1, max_size=3),
+       steps=st.integers(1, 7))
+def test_decode_steps_equal_the_pytorch_code_bit_for_bit(config, dtype, prompts, steps, tmp_path_factory):
+    model = awq_model(config, dtype, tmp_path_factory)
+    fused = decode(model, prompts, steps, True)
+    plain = decode(model, prompts, steps, False)
+    for (logits, routes, keys, values), (logits0, routes0, keys0, values0) in zip(fused, plain):
+        assert torch.isfinite(logits).all()
+        assert torch.equal(logits, logits0)
+        if config == "dense Mistral MLP":
+            assert routes == [] and routes0 == []
+        assert len(routes) == len(routes0)
+        for route, route0 in zip(routes, routes0):
+            assert torch.equal(route.logits, route0.logits)
+            assert torch.equal(route.experts, route0.experts)
+            assert torch.equal(route.weights, route0.weights)
+        for mine, theirs in zip(keys + values, keys0 + values0):
+            assert torch.equal(mine, theirs)
+
+
+@needs_kernel
+def test_used_for_decode_steps_of_awq_models_only(tmp_path_factory, monkeypatch):
+    calls = []
+    original = ops.decode_layer
+    monkeypatch.setattr(ops, "decode_layer", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    model = awq_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
+    cache = model.new_cache()
+    model(torch.tensor([[1, 2, 3]]), cache=cache)
+    assert calls == []                                        # a prompt of several tokens: the PyTorch code
+    model(torch.tensor([[4]]), cache=cache)
+    assert calls == [(1, 1, model.config.hidden_size)] * model.config.num_hidden_layers
+    model(torch.tensor([[4]]))                                # no cache: the PyTorch code
+    with ops.reference_only():                                # kernels switched off: the PyTorch code
+        model(torch.tensor([[5]]), cache=cache)
+    assert len(calls) == model.config.num_hidden_layers
+
+    calls.clear()
+    plain = minimoe.load_model(make_tiny_checkpoint(tmp_path_factory.mktemp("fp"), quantized=False),
+                               dtype=torch.float32)
+    cache = plain.new_cache()
+    plain(torch.tensor([[1, 2]]), cache=cache)
+    plain(torch.tensor([[3]]), cache=cache)
+    assert calls == []                                        # fp16 linears: not AWQ, the PyTorch code
+
+
+@needs_kernel
+def test_a_layer_with_a_bias_runs_the_pytorch_code(tmp_path_factory):
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("bias"), quantized=True, seed=5)
+    model = minimoe.load_model(path, dtype=torch.float32)
+    q_proj = model.model.layers[1].self_attn.q_proj
+    q_proj.bias = torch.linspace(-1, 1, q_proj.out_features)
+    x = torch.zeros(1, 1, model.config.hidden_size)
+    assert model.model.layers[0]._decode_weights(x) is not None
+    assert model.model.layers[1]._decode_weights(x) is None
+    fused = decode(model, [[3, 4, 5]], 3, True)
+    plain = decode(model, [[3, 4, 5]], 3, False)
+    for (logits, *_), (logits0, *_) in zip(fused, plain):
+        assert torch.equal(logits, logits0)
+
+
+def layer_arguments(model, layer_index: int = 0, length: int = 4):
+    """Valid arguments of ops.decode_layer for one step of `model`'s layer, after `length - 1` cached tokens."""
+    c = model.config
+    layer = model.model.layers[layer_index]
+    x = torch.randn(1, 1, c.hidden_size)
+    cache = KVCache(c.num_hidden_layers)
+    cache.length = length - 1
+    keys, values, slot = cache.reserve(layer_index, torch.empty(1, c.num_key_value_heads, 1, c.head_dim))
+    keys.zero_()
+    values.zero_()
+    cos, sin = model.rotary(torch.tensor([[slot]]), x.dtype)
+    args = dict(x=x, cos=cos, sin=sin, mask=torch.ones(1, 1, slot + 1, dtype=torch.bool), key_cache=keys,
+                value_cache=values, slot=slot, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                scale=c.head_dim ** -0.5, **layer._decode_weights(x))
+    return args
+
+
+@needs_kernel
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(x=a["x"][0]), "x must be [B, 1, C]"),
+    (lambda a: a.update(x=a["x"].expand(1, 2, -1)), "x must be [B, 1, C]"),
+    (lambda a: a.update(norms=a["norms"][:1]), "norms must be the 2 RMSNorm weights"),
+    (lambda a: a.update(attention=a["attention"][:11]), "attention must be (qweight, qzeros, scales) of q, k, v, o"),
+    (lambda a: a.update(attention_groups=a["attention_groups"][:3]), "4 group sizes"),
+    (lambda a: a.update(ffn=a["ffn"][:-3]), "ffn must be (qweight, qzeros, scales) of w1, w3, w2"),
+    (lambda a: a.update(top_k=0), "top_k must be in 1..2, found 0"),
+    (lambda a: a.update(top_k=3), "top_k must be in 1..2, found 3"),
+    (lambda a: a.update(router=a["router"][:, :-1]), "the router weight must be [E, C]"),
+    (lambda a: a.update(router=None), "without a router, ffn must be"),
+    (lambda a: a.update(heads=3), "heads must be a positive multiple of kv_heads"),
+    (lambda a: a.update(cos=a["cos"][:, 0]), "cos and sin must be [B, 1, D]"),
+    (lambda a: a.update(mask=a["mask"][:, 0]), "mask must be [B, 1, slots seen]"),
+    (lambda a: a.update(key_cache=a["key_cache"][0]), "key_cache must be [B, Hkv, slots, D]"),
+    # what the ops it calls check, with their own messages
+    (lambda a: a.update(x=a["x"].to(torch.float64)), "rms_norm"),
+    (lambda a: a.update(mask=a["mask"][:, :, :-1]), "mask must be [B, slot + 1]"),
+    (lambda a: a.update(attention=a["attention"][3:6] + a["attention"][3:]), "q, k and v must have heads * D"),
+])
+def test_checks_its_arguments(change, message, tmp_path_factory):
+    model = awq_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
+    args = layer_arguments(model)
+    ops.decode_layer(**args)  # valid as built
+    args = layer_arguments(model)
+    change(args)
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        ops.decode_layer(**args)
