@@ -142,7 +142,7 @@ def attention_spec(q, k, v, cos, sin, key_cache, value_cache, slot, mask, scale)
 
 @needs_kernel
 @examples(25)
-@given(B=st.integers(1, 3), heads=st.sampled_from([(4, 4), (4, 2), (8, 2), (4, 1)]),
+@given(B=st.integers(1, 3), heads=st.sampled_from([(4, 4), (4, 2), (8, 2), (4, 1), (6, 2), (5, 1), (8, 1)]),
        D=st.sampled_from([8, 16, 24, 64, 128]),
        slot=st.integers(0, 70), extra=st.integers(0, 5), dtype=st.sampled_from(DTYPES),
        window=st.sampled_from([None, None, 5]), padding=st.integers(0, 3), isa=st.sampled_from(["auto", "scalar"]),

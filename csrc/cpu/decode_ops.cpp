@@ -165,13 +165,57 @@ MINIMOE_AVX512 inline __mmask16 visible_lanes(const bool* mask, __mmask16 lanes)
   return _mm_test_epi8_mask(bytes, bytes);
 }
 
-// attend_head_scalar (below) on AVX-512: the dots one key at a time, then scale, rounding, maximum, exp and the
-// normalisation 16 keys at a time. Same arithmetic as the scalar version but for the exp and the order of the
-// fp32 sums.
+// The sums of the 16 lanes of each of v[0..15], in one vector: lane j = sum of v[order[j]] ... see below.
+// A horizontal sum of one vector costs 8 dependent shuffles and adds; summing 16 together by a transpose-and-add
+// costs 45 instructions for all 16 (4 rounds, each halving the vectors: two shuffles and an add per result).
+// The rounds deliver lane j the sum of v[kSum16Order[j]]; the order is its own inverse, so a caller that puts key
+// kSum16Order[i] in v[i] gets key j's dot product in lane j.
+constexpr int kSum16Order[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+
+MINIMOE_AVX512 inline __m512 sum_each_of_16(__m512 (&v)[16]) {
+  for (int j = 0; j < 8; ++j)  // 256-bit halves: v[j] and v[j + 8] -> 8 partial sums each
+    v[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[j], v[j + 8], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(v[j], v[j + 8], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int j = 0; j < 4; ++j)  // 128-bit blocks -> 4 partial sums of 4 vectors each
+    v[j] = _mm512_add_ps(_mm512_shuffle_f32x4(v[j], v[j + 4], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(v[j], v[j + 4], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int j = 0; j < 2; ++j)  // pairs of lanes -> 2 partial sums
+    v[j] = _mm512_add_ps(_mm512_shuffle_ps(v[j], v[j + 2], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(v[j], v[j + 2], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// scores[g][j] = q_g . k_j for the G query heads of one kv head and its L keys, for a head of NC * 16 columns
+// (D = 64 or 128). 16 keys at a time: each key's NC products summed in one register, the 16 registers summed by
+// sum_each_of_16; the block of keys (16 x D) comes from memory for the first head and from L1 for the others.
+// Keys the mask hides are multiplied too (an unwritten slot may hold NaN), but their lanes are never read
+// afterwards (softmax_avx512 masks them). The last L % 16 keys go one at a time: no row past the L-th is read.
+template <int NC, typename T>
+MINIMOE_AVX512 void dots_avx512(int64_t G, int64_t L, const float* q, const T* keys, float* scores) {
+  constexpr int64_t D = 16 * NC;
+  int64_t j0 = 0;
+  for (; j0 + 16 <= L; j0 += 16)
+    for (int64_t g = 0; g < G; ++g) {
+      __m512 qv[NC];
+      for (int c = 0; c < NC; ++c) qv[c] = _mm512_loadu_ps(q + g * D + 16 * c);
+      __m512 v[16];
+      for (int i = 0; i < 16; ++i) {
+        const T* k = keys + (j0 + kSum16Order[i]) * D;
+        __m512 sum = _mm512_mul_ps(qv[0], load_as_float(k, 0xFFFF));
+        for (int c = 1; c < NC; ++c) sum = _mm512_fmadd_ps(qv[c], load_as_float(k + 16 * c, 0xFFFF), sum);
+        v[i] = sum;
+      }
+      _mm512_storeu_ps(scores + g * L + j0, sum_each_of_16(v));
+    }
+  for (; j0 < L; ++j0)
+    for (int64_t g = 0; g < G; ++g) scores[g * L + j0] = dot_avx512(q + g * D, keys + j0 * D, D);
+}
+
+// One head's scores -> probabilities, in place, 16 keys at a time: scale and round as torch would, the maximum
+// over visible keys, exp, the sum, the division, the rounding to T. Hidden keys get exactly 0.
 template <typename T>
-MINIMOE_AVX512 void attend_head_avx512(int64_t L, int64_t D, float scale, const float* q, const T* keys,
-                                       const T* values, const bool* mask, float* scores, float* out_f32, T* out) {
-  for (int64_t j = 0; j < L; ++j) scores[j] = mask[j] ? dot_avx512(q, keys + j * D, D) : 0.0f;
+MINIMOE_AVX512 void softmax_avx512(int64_t L, float scale, const bool* mask, float* scores) {
   const __m512 scale_v = _mm512_set1_ps(scale);
   __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t j = 0; j < L; j += 16) {
@@ -195,20 +239,65 @@ MINIMOE_AVX512 void attend_head_avx512(int64_t L, int64_t D, float scale, const 
     const __m512 p = _mm512_div_ps(_mm512_maskz_loadu_ps(lanes, scores + j), total);
     _mm512_mask_storeu_ps(scores + j, lanes, round_lanes<T>(p));
   }
-  // Weighted sum of the values, 64 columns at a time with the sums in registers (one chain through memory per
-  // 16 columns would wait on a store and a load for every key).
+}
+
+// out_f32[g] = sum_j probs[g][j] v_j for NG (1-4) heads of one kv head, 64 columns at a time with the sums in
+// registers (NG x 4), each value row read once for all NG heads. With one head, even and odd keys go to two sets
+// of sums, added at the end, or every key would wait for the previous key's multiply-adds (4 cycles).
+template <int NG, typename T>
+MINIMOE_AVX512 void weighted_values_avx512(int64_t L, int64_t D, const T* values, const bool* mask,
+                                           const float* probs, float* out_f32) {
+  constexpr int kSets = NG == 1 ? 2 : 1;
   for (int64_t d = 0; d < D; d += 64) {
     const Piece piece = piece_at(d, D);
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 acc[kSets][NG][4];
+    for (auto& set : acc)
+      for (auto& head : set)
+        for (auto& a : head) a = _mm512_setzero_ps();
     for (int64_t j = 0; j < L; ++j) {
       if (!mask[j]) continue;  // never multiply an unwritten slot, even by 0: it may hold a NaN
-      const __m512 p = _mm512_set1_ps(scores[j]);
-      const T* row = values + j * D + d;
-      for (int c = 0; c < 4; ++c) acc[c] = _mm512_fmadd_ps(p, load_as_float(row + 16 * c, piece.lanes[c]), acc[c]);
+      __m512 v[4];
+      for (int c = 0; c < 4; ++c) v[c] = load_as_float(values + j * D + d + 16 * c, piece.lanes[c]);
+      for (int g = 0; g < NG; ++g) {
+        const __m512 p = _mm512_set1_ps(probs[g * L + j]);
+        for (int c = 0; c < 4; ++c) acc[j % kSets][g][c] = _mm512_fmadd_ps(p, v[c], acc[j % kSets][g][c]);
+      }
     }
-    for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out_f32 + d + 16 * c, piece.lanes[c], acc[c]);
+    for (int g = 0; g < NG; ++g)
+      for (int c = 0; c < 4; ++c) {
+        __m512 sum = acc[0][g][c];
+        if constexpr (kSets == 2) sum = _mm512_add_ps(sum, acc[1][g][c]);
+        _mm512_mask_storeu_ps(out_f32 + g * D + d + 16 * c, piece.lanes[c], sum);
+      }
   }
-  for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(out_f32[d]);
+}
+
+// attend_head_scalar (below) on AVX-512, for the G query heads that share one kv head, together: each block of
+// keys and each value row comes from memory once for all G heads (grouped-query attention's point), not once per
+// head. q, scores, out_f32 and out hold the G heads one after another. NC = D / 16 for D = 64 or 128 (the dots
+// 16 keys at a time); NC = 0 for any other D (one key at a time). Same arithmetic as the scalar version but for
+// the exp and the order of the fp32 sums.
+template <int NC, typename T>
+MINIMOE_AVX512 void attend_group_avx512(int64_t G, int64_t L, int64_t D, float scale, const float* q, const T* keys,
+                                        const T* values, const bool* mask, float* scores, float* out_f32, T* out) {
+  if constexpr (NC > 0) {
+    dots_avx512<NC>(G, L, q, keys, scores);
+  } else {
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t j = 0; j < L; ++j) scores[g * L + j] = mask[j] ? dot_avx512(q + g * D, keys + j * D, D) : 0.0f;
+  }
+  for (int64_t g = 0; g < G; ++g) softmax_avx512<T>(L, scale, mask, scores + g * L);
+  for (int64_t g0 = 0; g0 < G; g0 += 4) {  // at most 4 heads x 4 registers of sums at a time
+    const float* probs = scores + g0 * L;
+    float* sums = out_f32 + g0 * D;
+    switch (std::min<int64_t>(4, G - g0)) {
+      case 1: weighted_values_avx512<1>(L, D, values, mask, probs, sums); break;
+      case 2: weighted_values_avx512<2>(L, D, values, mask, probs, sums); break;
+      case 3: weighted_values_avx512<3>(L, D, values, mask, probs, sums); break;
+      default: weighted_values_avx512<4>(L, D, values, mask, probs, sums); break;
+    }
+  }
+  for (int64_t i = 0; i < G * D; ++i) out[i] = static_cast<T>(out_f32[i]);
 }
 
 #endif
@@ -288,6 +377,9 @@ at::Tensor rms_norm_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, dou
 
 // ---- decode_attention -----------------------------------------------------------------------------------------
 
+// Multiply-adds (query heads x keys x head size) from which the attention of one step is split between threads.
+constexpr int64_t kParallelAttentionWork = int64_t{1} << 18;
+
 struct AttentionShape {
   int64_t B, H, Hkv, D, S, L;  // batch, query heads, key/value heads, head dim, cache slots, keys read (slot + 1)
   int64_t slot;
@@ -295,7 +387,7 @@ struct AttentionShape {
 };
 
 // Query head h of row b: scores against the L cached keys of its kv head, softmax, weighted sum of values.
-// Portable loops; attend_head_avx512 is the same on AVX-512.
+// Portable loops; attend_group_avx512 is the same on AVX-512, for the heads of one kv head together.
 template <typename T>
 void attend_head_scalar(int64_t L, int64_t D, float scale, const float* q, const T* keys, const T* values,
                         const bool* mask, float* scores, float* out_f32, T* out) {
@@ -329,27 +421,33 @@ void decode_attention_typed(const AttentionShape& s, const T* q, const T* k, con
       for (int64_t d = 0; d < D; ++d) key_cache[row + d] = static_cast<T>(rotated[d]);  // exact: already rounded
       std::memcpy(value_cache + row, v + (b * s.Hkv + kvh) * D, D * sizeof(T));
     }
-  // 2. Every query head attends over slots 0..slot. Heads are independent, so threads split them; each head's
-  // sums run in a fixed order, so the result does not depend on the thread count.
+  // 2. Every query head attends over slots 0..slot. The kv heads are independent, so threads split them (with
+  // the query heads that share each); every head's sums run in a fixed order, so the result does not depend on
+  // the thread count.
   [[maybe_unused]] const bool vector = use_avx512();  // read only where AVX-512 code exists
-  const int64_t heads = s.B * s.H, work = heads * s.L * D;
-  at::parallel_for(0, heads, work >= (1 << 18) ? 1 : heads, [&](int64_t first, int64_t last) {
-    std::vector<float> q_roped(D), scores(s.L), out_f32(D);
-    for (int64_t bh = first; bh < last; ++bh) {
-      const int64_t b = bh / s.H, h = bh % s.H, kvh = h / group;
-      rope(q + bh * D, cos + b * D, sin + b * D, D, q_roped.data());
-      const int64_t base = (b * s.Hkv + kvh) * s.S * D;
+  const int64_t kv_groups = s.B * s.Hkv, work = s.B * s.H * s.L * D;
+  at::parallel_for(0, kv_groups, work >= kParallelAttentionWork ? 1 : kv_groups, [&](int64_t first, int64_t last) {
+    std::vector<float> q_roped(group * D), scores(group * s.L), out_f32(group * D);
+    for (int64_t bk = first; bk < last; ++bk) {
+      const int64_t b = bk / s.Hkv, h0 = bk % s.Hkv * group;  // row b, query heads h0 .. h0 + group - 1
+      for (int64_t g = 0; g < group; ++g)
+        rope(q + (b * s.H + h0 + g) * D, cos + b * D, sin + b * D, D, q_roped.data() + g * D);
+      const int64_t base = bk * s.S * D;
       const T* keys = key_cache + base;
       const T* values = value_cache + base;
+      T* out_group = out + (b * s.H + h0) * D;
 #ifdef MINIMOE_DECODE_AVX512
       if (vector) {
-        attend_head_avx512(s.L, D, s.scale, q_roped.data(), keys, values, mask + b * s.L, scores.data(),
-                           out_f32.data(), out + bh * D);
+        const auto attend = D == 64 ? attend_group_avx512<4, T> : D == 128 ? attend_group_avx512<8, T>
+                                                                           : attend_group_avx512<0, T>;
+        attend(group, s.L, D, s.scale, q_roped.data(), keys, values, mask + b * s.L, scores.data(), out_f32.data(),
+               out_group);
         continue;
       }
 #endif
-      attend_head_scalar(s.L, D, s.scale, q_roped.data(), keys, values, mask + b * s.L, scores.data(),
-                         out_f32.data(), out + bh * D);
+      for (int64_t g = 0; g < group; ++g)
+        attend_head_scalar(s.L, D, s.scale, q_roped.data() + g * D, keys, values, mask + b * s.L, scores.data(),
+                           out_f32.data(), out_group + g * D);
     }
   });
 }
