@@ -74,8 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe(const at::Tensor&
   const at::Tensor weights = top / top.sum(-1, /*keepdim=*/true);
   // run_experts(chosen, inputs): every w1 and w3 in one awq_gemm_many, SiLU(gate) * up, every w2 in another.
   const auto run_experts = [&](const std::vector<int64_t>& chosen, const std::vector<at::Tensor>& inputs) {
-    std::vector<at::Tensor> xs, hidden, ys;
-    std::vector<at::Tensor> w13, w2;
+    std::vector<at::Tensor> xs, hidden, w13, w2;
     std::vector<int64_t> g13, g2;
     for (size_t i = 0; i < chosen.size(); ++i) {
       const int64_t e = chosen[i];
@@ -88,7 +87,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe(const at::Tensor&
       g2.push_back(groups[3 * e + 2]);
     }
     auto gates_and_ups = awq_many(xs, w13, g13, 0, static_cast<int64_t>(xs.size()));
-    for (size_t i = 0; i < chosen.size(); ++i) hidden.push_back(at::silu_(gates_and_ups[2 * i]).mul_(gates_and_ups[2 * i + 1]));
+    for (size_t i = 0; i < chosen.size(); ++i)
+      hidden.push_back(at::silu_(gates_and_ups[2 * i]).mul_(gates_and_ups[2 * i + 1]));
     return awq_many(hidden, w2, g2, 0, static_cast<int64_t>(hidden.size()));
   };
   at::Tensor out;
@@ -119,7 +119,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe(const at::Tensor&
   return {out, logits, experts, weights};
 }
 
-using LayerOutput = std::tuple<at::Tensor, std::optional<at::Tensor>, std::optional<at::Tensor>, std::optional<at::Tensor>>;
+using MaybeTensor = std::optional<at::Tensor>;
+using LayerOutput = std::tuple<at::Tensor, MaybeTensor, MaybeTensor, MaybeTensor>;  // out, logits, experts, weights
 
 LayerOutput decode_layer_cpu(
     const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask, at::Tensor key_cache,
