@@ -39,6 +39,16 @@ def devices():
     return ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
+def left_padded(prompts):
+    """A batch of id lists as (ids, attention_mask), both (B, longest), padded on the left as generate_ids pads."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
+    return ids, mask
+
+
 def at_thread_counts(fn, counts=(1, 2, 1)):
     """[fn() run with torch.set_num_threads(n) for n in counts]; the caller's thread count is restored after."""
     before = torch.get_num_threads()

@@ -20,6 +20,7 @@ import minimoe
 from minimoe import ops
 from minimoe.model import KVCache
 from minimoe.testing import make_tiny_checkpoint
+from tests.conftest import left_padded
 
 needs_kernel = pytest.mark.skipif(not ops.has_fused_layer("cpu"),
                                   reason="the compiled CPU extension (decode_layer) is not built")
@@ -58,11 +59,7 @@ def layer_op(enabled: bool):
 def decode(model, prompts, steps: int, fused: bool):
     """Prefill a left-padded batch, then `steps` single-token steps: [(logits, routes, keys, values)] per step."""
     with layer_op(fused):
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros(len(prompts), width, dtype=torch.long)
-        mask = torch.zeros(len(prompts), width, dtype=torch.long)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
+        ids, mask = left_padded(prompts)
         cache = model.new_cache()
         logits = model(ids, attention_mask=mask, cache=cache, last_token_only=True)
         out = []

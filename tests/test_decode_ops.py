@@ -19,7 +19,7 @@ import minimoe
 from minimoe import ops
 from minimoe.model import RMSNorm, RotaryEmbedding, apply_rope
 from minimoe.testing import make_tiny_checkpoint
-from tests.conftest import at_thread_counts
+from tests.conftest import at_thread_counts, left_padded
 from tests.test_kernels import examples
 
 needs_kernel = pytest.mark.skipif(not ops.has_fused_ops("cpu"),
@@ -221,11 +221,7 @@ def test_decode_attention_checks_arguments(change, message):
 def decode_logits(model, prompts, steps, fused):
     """Prefill a left-padded batch, then `steps` single-token steps; the logits of every step."""
     with contextlib.nullcontext() if fused else fused_ops_off():
-        width = max(len(p) for p in prompts)
-        ids = torch.zeros(len(prompts), width, dtype=torch.long)
-        mask = torch.zeros(len(prompts), width, dtype=torch.long)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p):], mask[row, width - len(p):] = torch.tensor(p), 1
+        ids, mask = left_padded(prompts)
         cache = model.new_cache()
         logits = model(ids, attention_mask=mask, cache=cache, last_token_only=True)
         out = []

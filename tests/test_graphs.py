@@ -13,16 +13,7 @@ import minimoe
 from minimoe.generate import SamplingConfig, generate_ids
 from minimoe.model import StaticKVCache
 from minimoe.testing import make_tiny_checkpoint
-
-
-def left_padded(prompts):
-    width = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width, dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
-    return ids, mask
+from tests.conftest import left_padded
 
 
 def decode_both_ways(model, prompts, steps, capacity, device="cpu"):
