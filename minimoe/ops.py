@@ -181,7 +181,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: tor
 def has_fused_layer(device_type: str) -> bool:
     """True when `decode_layer` has a kernel on this device (the CPU extension), along with every op it calls."""
     return (has_fused_ops(device_type) and _has_kernel("decode_layer", device_type)
-            and _has_kernel("awq_gemm_many", device_type))
+            and _has_kernel("awq_gemm_many", device_type) and _has_kernel("awq_gemm", device_type))
 
 
 def decode_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, key_cache: torch.Tensor,

@@ -57,7 +57,26 @@ def layer_op(enabled: bool):
 
 
 def decode(model, prompts, steps: int, fused: bool):
-    """Prefill a left-padded batch, then `steps` single-token steps: [(logits, routes, keys, values)] per step."""
+    """Prefill a left-padded batch, then `steps` single-token steps: [(logits, routes, keys, values)] per step.
+    Fused, every decode step of every layer must have gone through ops.decode_layer; else none."""
+    calls = []
+    original = ops.decode_layer
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    ops.decode_layer = counted
+    try:
+        out = _decode(model, prompts, steps, fused)
+    finally:
+        ops.decode_layer = original
+    single_token_forwards = steps + (max(len(p) for p in prompts) == 1)  # a 1-token prompt is one too
+    assert len(calls) == (single_token_forwards * model.config.num_hidden_layers if fused else 0)
+    return out
+
+
+def _decode(model, prompts, steps: int, fused: bool):
     with layer_op(fused):
         ids, mask = left_padded(prompts)
         cache = model.new_cache()
@@ -120,6 +139,21 @@ def test_used_for_decode_steps_of_awq_models_only(tmp_path_factory, monkeypatch)
 
 
 @needs_kernel
+def test_norm_weights_in_another_dtype_run_the_pytorch_code(tmp_path_factory):
+    model = awq_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
+    layer = model.model.layers[0]
+    x = torch.zeros(1, 1, model.config.hidden_size)
+    assert layer._decode_weights(x) is not None
+    assert layer._decode_weights(x.to(torch.bfloat16)) is None   # x not in the norms' dtype
+    original = layer.post_attention_layernorm.eps
+    layer.post_attention_layernorm.eps = original * 2
+    try:
+        assert layer._decode_weights(x) is None                  # the op takes one eps for both norms
+    finally:
+        layer.post_attention_layernorm.eps = original
+
+
+@needs_kernel
 def test_a_layer_with_a_bias_runs_the_pytorch_code(tmp_path_factory):
     path = make_tiny_checkpoint(tmp_path_factory.mktemp("bias"), quantized=True, seed=5)
     model = minimoe.load_model(path, dtype=torch.float32)
@@ -128,8 +162,8 @@ def test_a_layer_with_a_bias_runs_the_pytorch_code(tmp_path_factory):
     x = torch.zeros(1, 1, model.config.hidden_size)
     assert model.model.layers[0]._decode_weights(x) is not None
     assert model.model.layers[1]._decode_weights(x) is None
-    fused = decode(model, [[3, 4, 5]], 3, True)
-    plain = decode(model, [[3, 4, 5]], 3, False)
+    fused = _decode(model, [[3, 4, 5]], 3, True)   # layer 0 through the op, layer 1 through the Python
+    plain = _decode(model, [[3, 4, 5]], 3, False)
     for (logits, *_), (logits0, *_) in zip(fused, plain):
         assert torch.equal(logits, logits0)
 
@@ -170,7 +204,13 @@ def layer_arguments(model, layer_index: int = 0, length: int = 4):
     # what the ops it calls check, with their own messages
     (lambda a: a.update(x=a["x"].to(torch.float64)), "rms_norm"),
     (lambda a: a.update(mask=a["mask"][:, :, :-1]), "mask must be [B, slot + 1]"),
-    (lambda a: a.update(attention=a["attention"][3:6] + a["attention"][3:]), "q, k and v must have heads * D"),
+    (lambda a: a.update(attention=a["attention"][3:6] + a["attention"][3:]), "q_proj must map 64 inputs to 64 outputs"),
+    (lambda a: a.update(attention=a["attention"][:9] + a["attention"][3:6]), "o_proj must map 64 inputs to 64 outputs"),
+    (lambda a: a.update(ffn=a["ffn"][:6] + a["ffn"][:3] + a["ffn"][9:]), "expert 0 w2 must map 128 inputs to 64"),
+    (lambda a: a.update(cos=a["cos"].expand(2, 1, -1)), "cos and sin must be [B, 1, D] = [1, 1, D]"),
+    (lambda a: a.update(mask=a["mask"].expand(2, 1, -1)), "mask must be [B, 1, slots seen] = [1, 1, slots seen]"),
+    (lambda a: a.update(key_cache=a["key_cache"][:, :1]), "key_cache must be [B, Hkv, slots, D] = [1, 2, slots, D]"),
+    (lambda a: a.update(router=a["router"].to(torch.int32)), "the router weight must be a floating-point CPU tensor"),
 ])
 def test_checks_its_arguments(change, message, tmp_path_factory):
     model = awq_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)

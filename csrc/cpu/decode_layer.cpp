@@ -10,7 +10,7 @@
 // It is not a second implementation. Every step below is the torch op, or the minimoe op, that the PyTorch code in
 // minimoe/model.py calls at that point (DecoderLayer -> RMSNorm -> Attention -> SparseMoeBlock / MLP), with the
 // same arguments in the same order, so the result is the same bit for bit; tests/test_decode_layer.py checks
-// exactly that. The model calls it only where it applies (DecoderLayer._decode_arguments): a single-token step
+// exactly that. The model calls it only where it applies (DecoderLayer._decode_weights): a single-token step
 // through a KVCache, on the CPU, every linear layer AWQ int4 without a bias; anywhere else the Python runs.
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -128,7 +128,7 @@ LayerOutput decode_layer_cpu(
     at::IntArrayRef attention_groups, const std::optional<at::Tensor>& router, at::TensorList ffn,
     at::IntArrayRef ffn_groups, int64_t heads, int64_t kv_heads, int64_t top_k, double scale, double eps) {
   const char* op = "minimoe::decode_layer (CPU)";
-  // What this op itself relies on; the ops it calls check everything else (dtypes, devices, weight shapes).
+  // Every shape this op relies on, before any work; the ops it calls check the rest (dtypes, devices, qzeros).
   TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, found one on ", x.device());
   TORCH_CHECK(x.dim() == 3 && x.size(1) == 1 && x.size(0) > 0 && x.size(2) > 0, op,
               ": x must be [B, 1, C] (one new token per row), found shape ", as_text(x.sizes()));
@@ -139,37 +139,62 @@ LayerOutput decode_layer_cpu(
               as_text(attention.size()), " tensors and ", as_text(attention_groups.size()), " group sizes");
   TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0, op,
               ": heads must be a positive multiple of kv_heads, found ", as_text(heads), " and ", as_text(kv_heads));
-  TORCH_CHECK(key_cache.dim() == 4, op, ": key_cache must be [B, Hkv, slots, D], found shape ",
-              as_text(key_cache.sizes()));
+  TORCH_CHECK(key_cache.dim() == 4 && key_cache.size(0) == B && key_cache.size(1) == kv_heads, op,
+              ": key_cache must be [B, Hkv, slots, D] = [", as_text(B), ", ", as_text(kv_heads),
+              ", slots, D], found shape ", as_text(key_cache.sizes()));
   const int64_t D = key_cache.size(3);
-  TORCH_CHECK(cos.dim() == 3 && cos.size(1) == 1 && sin.dim() == 3 && sin.size(1) == 1, op,
-              ": cos and sin must be [B, 1, D], found shapes ", as_text(cos.sizes()), " and ", as_text(sin.sizes()));
-  TORCH_CHECK(mask.dim() == 3 && mask.size(1) == 1, op, ": mask must be [B, 1, slots seen], found shape ",
-              as_text(mask.sizes()));
+  TORCH_CHECK(cos.dim() == 3 && cos.size(0) == B && cos.size(1) == 1 && sin.dim() == 3 && sin.size(0) == B &&
+                  sin.size(1) == 1,
+              op, ": cos and sin must be [B, 1, D] = [", as_text(B), ", 1, D], found shapes ", as_text(cos.sizes()),
+              " and ", as_text(sin.sizes()));
+  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == B && mask.size(1) == 1, op, ": mask must be [B, 1, slots seen] = [",
+              as_text(B), ", 1, slots seen], found shape ", as_text(mask.sizes()));
+  // Every linear layer's shape, before any work: (qweight, qzeros, scales) number i of `weights` maps k inputs to
+  // n outputs (the products check the rest: dtypes, devices, qzeros, group sizes).
+  const auto check_linear = [&](const std::string& name, at::TensorList weights, int64_t i, int64_t k, int64_t n) {
+    const at::Tensor& qweight = weights[3 * i];
+    const at::Tensor& scales = weights[3 * i + 2];
+    TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2 && qweight.size(0) == k && scales.size(1) == n, op, ": ",
+                name, " must map ", as_text(k), " inputs to ", as_text(n), " outputs, found qweight ",
+                as_text(qweight.sizes()), " and scales ", as_text(scales.sizes()));
+  };
+  check_linear("q_proj", attention, 0, C, heads * D);
+  check_linear("k_proj", attention, 1, C, kv_heads * D);
+  check_linear("v_proj", attention, 2, C, kv_heads * D);
+  check_linear("o_proj", attention, 3, heads * D, C);
+  int64_t E = 1;  // experts; a dense MLP has one set of gate, up, down
   if (router.has_value()) {
     TORCH_CHECK(router->dim() == 2 && router->size(0) > 0 && router->size(1) == C, op,
                 ": the router weight must be [E, C] = [E, ", as_text(C), "], found shape ",
                 as_text(router->sizes()));
-    const int64_t E = router->size(0);
-    TORCH_CHECK(static_cast<int64_t>(ffn.size()) == 9 * E && static_cast<int64_t>(ffn_groups.size()) == 3 * E, op,
-                ": ffn must be (qweight, qzeros, scales) of w1, w3, w2 for each of the ", as_text(E), " experts (",
-                as_text(9 * E), " tensors, ", as_text(3 * E), " group sizes), found ", as_text(ffn.size()),
-                " tensors and ", as_text(ffn_groups.size()), " group sizes");
-    TORCH_CHECK(top_k >= 1 && top_k <= E, op, ": top_k must be in 1..", as_text(E), ", found ", as_text(top_k));
+    TORCH_CHECK(router->device().is_cpu() && router->is_floating_point(), op,
+                ": the router weight must be a floating-point CPU tensor, found ", router->scalar_type(), " on ",
+                router->device());
+    E = router->size(0);
+    TORCH_CHECK(static_cast<int64_t>(ffn.size()) == 9 * E &&
+                    static_cast<int64_t>(ffn_groups.size()) == 3 * E,
+                op, ": ffn must be (qweight, qzeros, scales) of w1, w3, w2 for each of the ", as_text(E),
+                " experts (", as_text(9 * E), " tensors, ", as_text(3 * E), " group sizes), found ",
+                as_text(ffn.size()), " tensors and ", as_text(ffn_groups.size()), " group sizes");
+    TORCH_CHECK(top_k >= 1 && top_k <= E, op, ": top_k must be in 1..", as_text(E), ", found ",
+                as_text(top_k));
   } else {
     TORCH_CHECK(ffn.size() == 9 && ffn_groups.size() == 3, op,
                 ": without a router, ffn must be (qweight, qzeros, scales) of gate, up, down (9 tensors, 3 group "
                 "sizes), found ",
                 as_text(ffn.size()), " tensors and ", as_text(ffn_groups.size()), " group sizes");
   }
+  const int64_t I = ffn[2].dim() == 2 ? ffn[2].size(1) : -1;  // the intermediate size, from the first w1 / gate
+  for (int64_t e = 0; e < E; ++e) {
+    const std::string prefix = router.has_value() ? "expert " + as_text(e) + " " : std::string();
+    check_linear(prefix + (router.has_value() ? "w1" : "gate_proj"), ffn, 3 * e, C, I);
+    check_linear(prefix + (router.has_value() ? "w3" : "up_proj"), ffn, 3 * e + 1, C, I);
+    check_linear(prefix + (router.has_value() ? "w2" : "down_proj"), ffn, 3 * e + 2, I, C);
+  }
 
   // DecoderLayer.forward: h = x + attn(norm1(x))
   const at::Tensor n1 = rms_norm(x, norms[0], eps).reshape({-1, C});
   const auto qkv = awq_many({n1, n1, n1}, attention, attention_groups, 0, 3);  // linear_many(x, (q, k, v))
-  TORCH_CHECK(qkv[0].size(1) == heads * D && qkv[1].size(1) == kv_heads * D && qkv[2].size(1) == kv_heads * D, op,
-              ": q, k and v must have heads * D = ", as_text(heads * D), " and kv_heads * D = ", as_text(kv_heads * D),
-              " outputs, found ", as_text(qkv[0].size(1)), ", ", as_text(qkv[1].size(1)), " and ",
-              as_text(qkv[2].size(1)));
   const at::Tensor attended =
       decode_attention(qkv[0].view({B, heads, D}), qkv[1].view({B, kv_heads, D}), qkv[2].view({B, kv_heads, D}),
                        cos.select(1, 0), sin.select(1, 0), key_cache, value_cache, slot, mask.select(1, 0), scale);

@@ -254,15 +254,17 @@ MINIMOE_AVX512 void weighted_values_avx512(int64_t L, int64_t D, const T* values
     for (auto& set : acc)
       for (auto& head : set)
         for (auto& a : head) a = _mm512_setzero_ps();
-    for (int64_t j = 0; j < L; ++j) {
-      if (!mask[j]) continue;  // never multiply an unwritten slot, even by 0: it may hold a NaN
-      __m512 v[4];
-      for (int c = 0; c < 4; ++c) v[c] = load_as_float(values + j * D + d + 16 * c, piece.lanes[c]);
-      for (int g = 0; g < NG; ++g) {
-        const __m512 p = _mm512_set1_ps(probs[g * L + j]);
-        for (int c = 0; c < 4; ++c) acc[j % kSets][g][c] = _mm512_fmadd_ps(p, v[c], acc[j % kSets][g][c]);
+    for (int64_t j0 = 0; j0 < L; j0 += kSets)
+      for (int set = 0; set < kSets; ++set) {  // unrolled: `set` is a constant, so the sums stay in registers
+        const int64_t j = j0 + set;
+        if (j >= L || !mask[j]) continue;  // never multiply an unwritten slot, even by 0: it may hold a NaN
+        __m512 v[4];
+        for (int c = 0; c < 4; ++c) v[c] = load_as_float(values + j * D + d + 16 * c, piece.lanes[c]);
+        for (int g = 0; g < NG; ++g) {
+          const __m512 p = _mm512_set1_ps(probs[g * L + j]);
+          for (int c = 0; c < 4; ++c) acc[set][g][c] = _mm512_fmadd_ps(p, v[c], acc[set][g][c]);
+        }
       }
-    }
     for (int g = 0; g < NG; ++g)
       for (int c = 0; c < 4; ++c) {
         __m512 sum = acc[0][g][c];
@@ -423,7 +425,8 @@ void decode_attention_typed(const AttentionShape& s, const T* q, const T* k, con
     }
   // 2. Every query head attends over slots 0..slot. The kv heads are independent, so threads split them (with
   // the query heads that share each); every head's sums run in a fixed order, so the result does not depend on
-  // the thread count.
+  // the thread count. (So a model with a single kv head decodes batch 1 on one thread; Mistral and Mixtral
+  // have 8.)
   [[maybe_unused]] const bool vector = use_avx512();  // read only where AVX-512 code exists
   const int64_t kv_groups = s.B * s.Hkv, work = s.B * s.H * s.L * D;
   at::parallel_for(0, kv_groups, work >= kParallelAttentionWork ? 1 : kv_groups, [&](int64_t first, int64_t last) {
