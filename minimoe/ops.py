@@ -228,6 +228,16 @@ if _C is not None:
         def _decode_attention_fake(q, k, v, cos, sin, key_cache, value_cache, slot, mask, scale):
             return torch.empty_like(q)
 
+    if "decode_layer" in _KERNELS:
+        @torch.library.register_fake("minimoe::decode_layer")
+        def _decode_layer_fake(x, cos, sin, mask, key_cache, value_cache, slot, norms, attention, attention_groups,
+                               router, ffn, ffn_groups, heads, kv_heads, top_k, scale, eps):
+            if router is None:
+                return torch.empty_like(x), None, None, None
+            tokens = x.shape[0] * x.shape[1]
+            return (torch.empty_like(x), x.new_empty((tokens, router.shape[0])),
+                    x.new_empty((tokens, top_k), dtype=torch.long), x.new_empty((tokens, top_k), dtype=torch.float32))
+
     @torch.library.register_fake("minimoe::awq_gemm")
     def _awq_gemm_fake(x, qweight, qzeros, scales, group_size):
         return x.new_empty((x.shape[0], scales.shape[1]))

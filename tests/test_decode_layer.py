@@ -172,10 +172,10 @@ def layer_arguments(model, layer_index: int = 0, length: int = 4):
     """Valid arguments of ops.decode_layer for one step of `model`'s layer, after `length - 1` cached tokens."""
     c = model.config
     layer = model.model.layers[layer_index]
-    x = torch.randn(1, 1, c.hidden_size)
+    x = torch.randn(1, 1, c.hidden_size).to(model.dtype)
     cache = KVCache(c.num_hidden_layers)
     cache.length = length - 1
-    keys, values, slot = cache.reserve(layer_index, torch.empty(1, c.num_key_value_heads, 1, c.head_dim))
+    keys, values, slot = cache.reserve(layer_index, x.new_empty(1, c.num_key_value_heads, 1, c.head_dim))
     keys.zero_()
     values.zero_()
     cos, sin = model.rotary(torch.tensor([[slot]]), x.dtype)
@@ -220,3 +220,22 @@ def test_checks_its_arguments(change, message, tmp_path_factory):
     change(args)
     with pytest.raises(RuntimeError, match=re.escape(message)):
         ops.decode_layer(**args)
+
+
+@needs_kernel
+@pytest.mark.parametrize("config", ["top-2 of 4 (sparse routing)", "dense Mistral MLP"])
+def test_fake_implementation_gives_the_real_shapes_and_dtypes(config, tmp_path_factory):
+    # What torch.compile traces with: the registered fake must describe what the kernel returns.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    model = awq_model(config, torch.bfloat16, tmp_path_factory)
+    args = layer_arguments(model)
+    real = ops.decode_layer(**args)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = ops.decode_layer(**{k: mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
+                                   for k, v in args.items()})
+    assert len(fake) == len(real) == 4
+    for f, r in zip(fake, real):
+        assert (f is None) == (r is None)
+        if r is not None:
+            assert f.shape == r.shape and f.dtype == r.dtype
