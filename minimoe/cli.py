@@ -312,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on a GPU, launch every decode step's kernels from Python instead of replaying a "
                             "captured CUDA graph (slower; for debugging)")
         p.add_argument("--compile", action="store_true",
-                       help="on the CPU, run the decode steps through torch.compile: faster steps after a "
-                            "compilation of tens of seconds (the first generation of a session)")
+                       help="on the CPU, run the decode steps through torch.compile, after a compilation of "
+                            "tens of seconds (the first generation of a session); faster steps for models whose "
+                            "linear layers are not AWQ (AWQ models already decode a layer per C++ call)")
 
     generate = sub.add_parser("generate", help="generate a continuation of a prompt")
     generate.add_argument("prompt")
