@@ -198,7 +198,7 @@ def test_decode_attention_every_group_size_and_block_tail(G, D, L, dtype):
 @needs_kernel
 @pytest.mark.parametrize("heads", [(8, 2), (4, 4), (4, 2)])
 def test_decode_attention_same_bits_for_any_thread_count(heads):
-    # Large enough (B * H * L * D >= 2^18) that the kv heads are split between threads; groups of 4, 1 and 2.
+    # Large enough (B * H * L * D >= 2^14) that the kv heads are split between threads; groups of 4, 1 and 2.
     H, Hkv = heads
     case = attention_case(2, H, Hkv, 64, 640, 600, torch.float32, seed=4)
     q, k, v, cos, sin, key_cache, value_cache, mask = case

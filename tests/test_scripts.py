@@ -4,6 +4,7 @@ scripts/gpu_check.sh and scripts/probe_error_path.py run where device time is sh
 costs minutes: a syntax error or a crash in the probe's own logic must show up here, not there.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -71,3 +72,24 @@ def test_e2e_refuses_zero_rounds():
     result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "e2e.py"), "--real-rounds", "0"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--real-rounds must be at least 1, found 0" in result.stderr
+
+
+@pytest.mark.skipif(not ops.has_fused_ops("cpu"), reason="the benchmark times the compiled decode_attention")
+def test_attention_benchmark_runs_and_reports_against_its_baseline_and_floor(tmp_path):
+    # benchmarks/attention_cpu.py at its smallest: it checks that the op and the PyTorch code agree before timing
+    # them, and its table's ratios must be the ratios of its own measurements.
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import attention_cpu
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+    out = tmp_path / "attention.json"
+    assert attention_cpu.main(["--quick", "--seconds", "0.01", "--cold-mb", "4", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [row["cached_tokens"] for row in report["rows"]] == [160, 1000]
+    for row in report["rows"]:
+        assert row["ours_us"] > 0 and row["torch_us"] > 0
+        assert row["speedup_vs_torch"] == pytest.approx(row["torch_us"] / row["ours_us"])
+        assert row["bytes_read"] == 2 * row["kv_heads"] * row["cached_tokens"] * row["head_dim"] * 2  # bf16
+        assert row["floor_us"] == pytest.approx(row["bytes_read"] / report["read_bandwidth_bytes_per_s"] * 1e6)
+        assert row["fraction_of_floor"] == pytest.approx(row["floor_us"] / row["ours_us"])

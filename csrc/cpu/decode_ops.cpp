@@ -186,28 +186,51 @@ MINIMOE_AVX512 inline __m512 sum_each_of_16(__m512 (&v)[16]) {
                        _mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+// One thread walks one kv head's keys, then its values: one sequential stream at a time, which the hardware
+// prefetchers alone do not pull fast enough (cold caches: bf16 keys and values read at 40-50% of the bandwidth).
+// So the loops also prefetch, into L1, the rows kAttentionPrefetchRows ahead. Prefetching past the cache's end
+// is harmless: a prefetch never faults.
+constexpr int64_t kAttentionPrefetchRows = 32;
+
+MINIMOE_AVX512 inline void prefetch_rows(const void* start, int64_t bytes) {
+  const char* p = static_cast<const char*>(start);
+  for (int64_t offset = 0; offset < bytes; offset += 64) _mm_prefetch(p + offset, _MM_HINT_T0);
+}
+
 // scores[g][j] = q_g . k_j for the G query heads of one kv head and its L keys, for a head of NC * 16 columns
 // (D = 64 or 128). 16 keys at a time: each key's NC products summed in one register, the 16 registers summed by
-// sum_each_of_16; the block of keys (16 x D) comes from memory for the first head and from L1 for the others.
+// sum_each_of_16; the block of keys (16 x D) comes from memory once, widened to fp32 once (bf16, fp16), and is
+// read from L1 by every head.
 // Keys the mask hides are multiplied too (an unwritten slot may hold NaN), but their lanes are never read
 // afterwards (softmax_avx512 masks them). The last L % 16 keys go one at a time: no row past the L-th is read.
 template <int NC, typename T>
 MINIMOE_AVX512 void dots_avx512(int64_t G, int64_t L, const float* q, const T* keys, float* scores) {
   constexpr int64_t D = 16 * NC;
+  alignas(64) float widened[16 * D];  // a bf16/fp16 block of keys in fp32, widened once for all G heads
   int64_t j0 = 0;
-  for (; j0 + 16 <= L; j0 += 16)
+  for (; j0 + 16 <= L; j0 += 16) {
+    prefetch_rows(keys + (j0 + kAttentionPrefetchRows) * D, 16 * D * sizeof(T));
+    const float* block;
+    if constexpr (std::is_same_v<T, float>) {
+      block = keys + j0 * D;
+    } else {
+      for (int64_t i = 0; i < 16 * NC; ++i)
+        _mm512_store_ps(widened + 16 * i, load_as_float(keys + j0 * D + 16 * i, 0xFFFF));
+      block = widened;
+    }
     for (int64_t g = 0; g < G; ++g) {
       __m512 qv[NC];
       for (int c = 0; c < NC; ++c) qv[c] = _mm512_loadu_ps(q + g * D + 16 * c);
       __m512 v[16];
       for (int i = 0; i < 16; ++i) {
-        const T* k = keys + (j0 + kSum16Order[i]) * D;
-        __m512 sum = _mm512_mul_ps(qv[0], load_as_float(k, 0xFFFF));
-        for (int c = 1; c < NC; ++c) sum = _mm512_fmadd_ps(qv[c], load_as_float(k + 16 * c, 0xFFFF), sum);
+        const float* k = block + kSum16Order[i] * D;
+        __m512 sum = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+        for (int c = 1; c < NC; ++c) sum = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(k + 16 * c), sum);
         v[i] = sum;
       }
       _mm512_storeu_ps(scores + g * L + j0, sum_each_of_16(v));
     }
+  }
   for (; j0 < L; ++j0)
     for (int64_t g = 0; g < G; ++g) scores[g * L + j0] = dot_avx512(q + g * D, keys + j0 * D, D);
 }
@@ -257,6 +280,7 @@ MINIMOE_AVX512 void weighted_values_avx512(int64_t L, int64_t D, const T* values
     for (int64_t j0 = 0; j0 < L; j0 += kSets)
       for (int set = 0; set < kSets; ++set) {  // unrolled: `set` is a constant, so the sums stay in registers
         const int64_t j = j0 + set;
+        if (d == 0) prefetch_rows(values + (j + kAttentionPrefetchRows) * D, D * sizeof(T));
         if (j >= L || !mask[j]) continue;  // never multiply an unwritten slot, even by 0: it may hold a NaN
         __m512 v[4];
         for (int c = 0; c < 4; ++c) v[c] = load_as_float(values + j * D + d + 16 * c, piece.lanes[c]);
@@ -380,7 +404,9 @@ at::Tensor rms_norm_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, dou
 // ---- decode_attention -----------------------------------------------------------------------------------------
 
 // Multiply-adds (query heads x keys x head size) from which the attention of one step is split between threads.
-constexpr int64_t kParallelAttentionWork = int64_t{1} << 18;
+// Low, because in a real step the cache is cold: from 2^14 instead of 2^18, the mid-size model's attention at 40-160
+// cached tokens took 1.1-1.5x less time (benchmarks/attention_cpu.py's cold caches, interleaved A/B).
+constexpr int64_t kParallelAttentionWork = int64_t{1} << 14;
 
 struct AttentionShape {
   int64_t B, H, Hkv, D, S, L;  // batch, query heads, key/value heads, head dim, cache slots, keys read (slot + 1)
