@@ -41,12 +41,13 @@ TORCH_LIBRARY(minimoe, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor cos, Tensor sin, Tensor(a!) key_cache, "
         "Tensor(b!) value_cache, int slot, Tensor mask, float scale) -> Tensor");
   // One decoder layer's decode step (csrc/cpu/decode_layer.cpp): the torch and minimoe ops of DecoderLayer.forward
-  // for x [B, 1, C], called from C++. norms: the 2 RMSNorm weights; attention: (qweight, qzeros, scales) of q, k,
-  // v, o; ffn: those of each expert's w1, w3, w2 (router given) or of gate, up, down (router None).
+  // for x [B, 1, C], called from C++. norms: the 2 RMSNorm weights; attention: the linears q, k, v, o; ffn: each
+  // expert's w1, w3, w2 (router given) or gate, up, down (router None). Each linear is (qweight, qzeros, scales)
+  // with a group size (awq) or one plain weight [N, K] (no group sizes).
   // -> (out [B, 1, C], router logits, chosen experts, their weights; the last three None without a router)
   m.def("decode_layer(Tensor x, Tensor cos, Tensor sin, Tensor mask, Tensor(a!) key_cache, Tensor(b!) value_cache, "
         "int slot, Tensor[] norms, Tensor[] attention, int[] attention_groups, Tensor? router, Tensor[] ffn, "
-        "int[] ffn_groups, int heads, int kv_heads, int top_k, float scale, float eps) "
+        "int[] ffn_groups, bool awq, int heads, int kv_heads, int top_k, float scale, float eps) "
         "-> (Tensor, Tensor?, Tensor?, Tensor?)");
 }
 

@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "captured CUDA graph (slower; for debugging)")
         p.add_argument("--compile", action="store_true",
                        help="on the CPU, run the decode steps through torch.compile, after a compilation of "
-                            "tens of seconds (the first generation of a session); faster steps for models whose "
-                            "linear layers are not AWQ (AWQ models already decode a layer per C++ call)")
+                            "tens of seconds (the first generation of a session); rarely faster now that a decode "
+                            "step runs each layer in one C++ call (ops.decode_layer)")
 
     generate = sub.add_parser("generate", help="generate a continuation of a prompt")
     generate.add_argument("prompt")

@@ -349,9 +349,9 @@ class DecoderLayer(nn.Module):
         if x.shape[1] == 1 and isinstance(cache, KVCache):
             weights = self._decode_weights(x)
             if weights is not None:
-                # A decode step of an AWQ model on the CPU: the three lines below, with everything they call, run
-                # as the very same torch and minimoe ops from C++ (csrc/cpu/decode_layer.cpp), the same result bit
-                # for bit, without the interpreter between them (measured: a mid-size token 10-15% sooner).
+                # A decode step on the CPU: the three lines below, with everything they call, run as the very same
+                # torch and minimoe ops from C++ (csrc/cpu/decode_layer.cpp), the same result bit for bit, without
+                # the interpreter between them (measured: a mid-size AWQ token 10-15% sooner).
                 return self._decode_in_one_call(x, cos, sin, mask, cache, weights)
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         ffn = self.block_sparse_moe if hasattr(self, "block_sparse_moe") else self.mlp
@@ -360,7 +360,8 @@ class DecoderLayer(nn.Module):
 
     def _decode_weights(self, x: torch.Tensor) -> dict | None:
         """What ops.decode_layer needs of this layer, or None where it does not apply: no kernel on x's device, a
-        linear layer that is not AWQ int4 or has a bias, or a norm whose weight is not in x's dtype.
+        linear layer with a bias, linear layers not all AWQ int4 nor all plain weights in x's dtype, or a norm
+        whose weight is not in x's dtype.
 
         Gathered afresh at every step (so a module swapped in later is never missed), which is why it reads the
         `_modules`/`_parameters` dicts directly: `module.name` goes through nn.Module.__getattr__, ~1 us a name,
@@ -378,17 +379,20 @@ class DecoderLayer(nn.Module):
             mlp = modules["mlp"]._modules
             ffn = [mlp["gate_proj"], mlp["up_proj"], mlp["down_proj"]]
         linears = attention + ffn
-        if any(not isinstance(layer, AWQLinear) or layer._buffers["bias"] is not None for layer in linears):
+        if all(isinstance(layer, AWQLinear) and layer._buffers["bias"] is None for layer in linears):
+            awq = True
+        elif all(type(layer) is Linear and layer._parameters.get("bias") is None
+                 and layer._parameters["weight"].dtype == x.dtype for layer in linears):
+            awq = False
+        else:
             return None
         norm_weights = [norm._parameters["weight"] for norm in norms]
         if any(w.dtype != x.dtype for w in norm_weights) or norms[0].eps != norms[1].eps:
             return None
-        return {"norms": norm_weights,
-                "attention": [t for layer in attention for t in layer.awq_weight[:3]],
-                "attention_groups": [layer.group_size for layer in attention],
+        (attention, attention_groups), (ffn, ffn_groups) = _linear_tensors(attention, awq), _linear_tensors(ffn, awq)
+        return {"norms": norm_weights, "attention": attention, "attention_groups": attention_groups,
                 "router": moe._modules["gate"]._parameters["weight"] if moe is not None else None,
-                "ffn": [t for layer in ffn for t in layer.awq_weight[:3]],
-                "ffn_groups": [layer.group_size for layer in ffn],
+                "ffn": ffn, "ffn_groups": ffn_groups, "awq": awq,
                 "top_k": moe._modules["gate"].top_k if moe is not None else 0, "eps": norms[0].eps}
 
     def _decode_in_one_call(self, x, cos, sin, mask, cache, weights):
@@ -399,6 +403,13 @@ class DecoderLayer(nn.Module):
             x, cos, sin, mask, keys, values, slot, heads=attn.num_heads, kv_heads=attn.num_kv_heads,
             scale=attn.scale, **weights)
         return out, (RouterOutput(logits, experts, route_weights) if logits is not None else None)
+
+
+def _linear_tensors(layers, awq: bool) -> tuple[list, list]:
+    """ops.decode_layer's form of these linear layers: their tensors, flattened, and their group sizes."""
+    if awq:
+        return [t for layer in layers for t in layer.awq_weight[:3]], [layer.group_size for layer in layers]
+    return [layer._parameters["weight"] for layer in layers], []
 
 
 class Embedding(nn.Module):

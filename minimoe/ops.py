@@ -186,20 +186,22 @@ def has_fused_layer(device_type: str) -> bool:
 
 def decode_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor, key_cache: torch.Tensor,
                  value_cache: torch.Tensor, slot: int, norms: list, attention: list, attention_groups: list,
-                 router: torch.Tensor | None, ffn: list, ffn_groups: list, heads: int, kv_heads: int, top_k: int,
-                 scale: float, eps: float):
+                 router: torch.Tensor | None, ffn: list, ffn_groups: list, awq: bool, heads: int, kv_heads: int,
+                 top_k: int, scale: float, eps: float):
     """One decoder layer's decode step in one call (the CPU kernel; no fallback: see has_fused_layer).
 
     The ops `model.DecoderLayer.forward` runs for x [B, 1, C], in the same order, called from C++: the same result
-    bit for bit. norms: the two RMSNorm weights. attention: (qweight, qzeros, scales) of q, k, v, o, flattened,
-    with their group sizes. ffn: the same for each expert's w1, w3, w2 (router: the gate's [E, C] weight) or for
-    a dense MLP's gate, up, down (router None). key_cache/value_cache [B, Hkv, slots, D]: the layer's buffers; the
-    new token's key and value are written at `slot`. mask [B, 1, slot + 1], cos/sin [B, 1, D] as the layer gets them.
-    Returns (out [B, 1, C], router logits, chosen experts, their weights), the last three None without a router.
+    bit for bit. norms: the two RMSNorm weights. attention: the linears q, k, v, o; ffn: each expert's w1, w3, w2
+    (router: the gate's [E, C] weight) or a dense MLP's gate, up, down (router None). With awq, each linear is
+    (qweight, qzeros, scales), flattened, with its group size in attention_groups / ffn_groups; without, each is
+    one weight [N, K] in x's dtype and the group lists are empty. key_cache/value_cache [B, Hkv, slots, D]: the
+    layer's buffers; the new token's key and value are written at `slot`. mask [B, 1, slot + 1], cos/sin [B, 1, D]
+    as the layer gets them. Returns (out [B, 1, C], router logits, chosen experts, their weights), the last three
+    None without a router.
     """
     return torch.ops.minimoe.decode_layer(x, cos, sin, mask, key_cache, value_cache, int(slot), norms, attention,
-                                          attention_groups, router, ffn, ffn_groups, int(heads), int(kv_heads),
-                                          int(top_k), float(scale), float(eps))
+                                          attention_groups, router, ffn, ffn_groups, bool(awq), int(heads),
+                                          int(kv_heads), int(top_k), float(scale), float(eps))
 
 
 def can_keep_stored(device_type: str, activation_dtype: torch.dtype, stored_dtype: torch.dtype) -> bool:
@@ -231,7 +233,7 @@ if _C is not None:
     if "decode_layer" in _KERNELS:
         @torch.library.register_fake("minimoe::decode_layer")
         def _decode_layer_fake(x, cos, sin, mask, key_cache, value_cache, slot, norms, attention, attention_groups,
-                               router, ffn, ffn_groups, heads, kv_heads, top_k, scale, eps):
+                               router, ffn, ffn_groups, awq, heads, kv_heads, top_k, scale, eps):
             if router is None:
                 return torch.empty_like(x), None, None, None
             tokens = x.shape[0] * x.shape[1]

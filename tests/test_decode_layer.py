@@ -3,7 +3,8 @@
 Its spec is the model's PyTorch code (`DecoderLayer.forward` and everything it calls), and the op calls the very
 same torch and minimoe ops from C++, so the contract is equality, bit for bit: the logits, the routing decisions
 and the keys and values written to the cache, over several decode steps of a left-padded batch, for dense and
-sparse routing (top-E of E, top-k of E), a dense Mistral MLP, a sliding window, and fp32/bf16/fp16 activations.
+sparse routing (top-E of E, top-k of E), a dense Mistral MLP, a sliding window, AWQ int4 and plain linear layers,
+and fp32/bf16/fp16 activations.
 The reference is the same model with the op switched off (`ops.has_fused_layer` says no), which runs the Python.
 NaN never passes: torch.equal is False for NaN, and the logits are checked finite.
 """
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 import minimoe
 from minimoe import ops
+from minimoe.linear import Linear
 from minimoe.model import KVCache
 from minimoe.testing import make_tiny_checkpoint
 from tests.conftest import left_padded
@@ -25,21 +27,23 @@ from tests.conftest import left_padded
 needs_kernel = pytest.mark.skipif(not ops.has_fused_layer("cpu"),
                                   reason="the compiled CPU extension (decode_layer) is not built")
 
-CONFIGS = {
-    "top-2 of 2 (dense routing)": dict(),
-    "top-2 of 4 (sparse routing)": dict(num_local_experts=4, num_experts_per_tok=2),
-    "top-1 of 3, sliding window 5": dict(num_local_experts=3, num_experts_per_tok=1, sliding_window=5),
-    "dense Mistral MLP": dict(model_type="mistral"),
+CONFIGS = {  # name: (AWQ int4 linears or plain fp16 ones in the checkpoint, the config's settings)
+    "top-2 of 2 (dense routing)": (True, dict()),
+    "top-2 of 4 (sparse routing)": (True, dict(num_local_experts=4, num_experts_per_tok=2)),
+    "top-1 of 3, sliding window 5": (True, dict(num_local_experts=3, num_experts_per_tok=1, sliding_window=5)),
+    "dense Mistral MLP": (True, dict(model_type="mistral")),
+    "plain weights, top-2 of 4": (False, dict(num_local_experts=4, num_experts_per_tok=2)),
+    "plain weights, dense Mistral MLP": (False, dict(model_type="mistral")),
 }
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 _models = {}
 
 
-def awq_model(config: str, dtype: torch.dtype, tmp_path_factory):
-    """A tiny AWQ checkpoint of the given config, loaded once per (config, dtype)."""
+def tiny_model(config: str, dtype: torch.dtype, tmp_path_factory):
+    """A tiny checkpoint of the given config, loaded once per (config, dtype)."""
     if (config, dtype) not in _models:
-        path = make_tiny_checkpoint(tmp_path_factory.mktemp("decode_layer"), quantized=True, seed=3,
-                                    **CONFIGS[config])
+        quantized, settings = CONFIGS[config]
+        path = make_tiny_checkpoint(tmp_path_factory.mktemp("decode_layer"), quantized=quantized, seed=3, **settings)
         _models[config, dtype] = minimoe.load_model(path, dtype=dtype)
     return _models[config, dtype]
 
@@ -96,13 +100,13 @@ def _decode(model, prompts, steps: int, fused: bool):
 @given(prompts=st.lists(st.lists(st.integers(0, 255), min_size=1, max_size=9), min_size=1, max_size=3),
        steps=st.integers(1, 7))
 def test_decode_steps_equal_the_pytorch_code_bit_for_bit(config, dtype, prompts, steps, tmp_path_factory):
-    model = awq_model(config, dtype, tmp_path_factory)
+    model = tiny_model(config, dtype, tmp_path_factory)
     fused = decode(model, prompts, steps, True)
     plain = decode(model, prompts, steps, False)
     for (logits, routes, keys, values), (logits0, routes0, keys0, values0) in zip(fused, plain):
         assert torch.isfinite(logits).all()
         assert torch.equal(logits, logits0)
-        if config == "dense Mistral MLP":
+        if "Mistral" in config:
             assert routes == [] and routes0 == []
         assert len(routes) == len(routes0)
         for route, route0 in zip(routes, routes0):
@@ -114,11 +118,11 @@ def test_decode_steps_equal_the_pytorch_code_bit_for_bit(config, dtype, prompts,
 
 
 @needs_kernel
-def test_used_for_decode_steps_of_awq_models_only(tmp_path_factory, monkeypatch):
+def test_used_for_decode_steps_only_and_where_every_linear_has_one_form(tmp_path_factory, monkeypatch):
     calls = []
     original = ops.decode_layer
     monkeypatch.setattr(ops, "decode_layer", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
-    model = awq_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
+    model = tiny_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
     cache = model.new_cache()
     model(torch.tensor([[1, 2, 3]]), cache=cache)
     assert calls == []                                        # a prompt of several tokens: the PyTorch code
@@ -130,17 +134,29 @@ def test_used_for_decode_steps_of_awq_models_only(tmp_path_factory, monkeypatch)
     assert len(calls) == model.config.num_hidden_layers
 
     calls.clear()
-    plain = minimoe.load_model(make_tiny_checkpoint(tmp_path_factory.mktemp("fp"), quantized=False),
-                               dtype=torch.float32)
+    plain = tiny_model("plain weights, top-2 of 4", torch.float32, tmp_path_factory)
     cache = plain.new_cache()
     plain(torch.tensor([[1, 2]]), cache=cache)
     plain(torch.tensor([[3]]), cache=cache)
-    assert calls == []                                        # fp16 linears: not AWQ, the PyTorch code
+    assert len(calls) == plain.config.num_hidden_layers      # plain linears in x's dtype: the op too
+
+    # One layer mixing an AWQ projection with plain ones: that layer runs the PyTorch code, the others the op.
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("mixed"), quantized=True, seed=2)
+    mixed = minimoe.load_model(path, dtype=torch.float32)
+    attn = mixed.model.layers[0].self_attn
+    plain_q = Linear(attn.q_proj.in_features, attn.q_proj.out_features, dtype=torch.float32)
+    plain_q.weight.copy_(attn.q_proj.dequantized_weight())
+    attn.q_proj = plain_q
+    calls.clear()
+    cache = mixed.new_cache()
+    mixed(torch.tensor([[1, 2]]), cache=cache)
+    mixed(torch.tensor([[3]]), cache=cache)
+    assert len(calls) == mixed.config.num_hidden_layers - 1
 
 
 @needs_kernel
 def test_norm_weights_in_another_dtype_run_the_pytorch_code(tmp_path_factory):
-    model = awq_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
+    model = tiny_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
     layer = model.model.layers[0]
     x = torch.zeros(1, 1, model.config.hidden_size)
     assert layer._decode_weights(x) is not None
@@ -190,13 +206,16 @@ def layer_arguments(model, layer_index: int = 0, length: int = 4):
     (lambda a: a.update(x=a["x"][0]), "x must be [B, 1, C]"),
     (lambda a: a.update(x=a["x"].expand(1, 2, -1)), "x must be [B, 1, C]"),
     (lambda a: a.update(norms=a["norms"][:1]), "norms must be the 2 RMSNorm weights"),
-    (lambda a: a.update(attention=a["attention"][:11]), "attention must be (qweight, qzeros, scales) of q, k, v, o"),
+    (lambda a: a.update(attention=a["attention"][:11]), "attention must be q, k, v, o, each (qweight, qzeros, scales) "
+                                                        "with a group size (12 tensors, 4 group sizes), found 11"),
     (lambda a: a.update(attention_groups=a["attention_groups"][:3]), "4 group sizes"),
-    (lambda a: a.update(ffn=a["ffn"][:-3]), "ffn must be (qweight, qzeros, scales) of w1, w3, w2"),
+    (lambda a: a.update(ffn=a["ffn"][:-3]), "ffn must be w1, w3, w2 of each of the 2 experts, each (qweight, qzeros, "
+                                            "scales) with a group size (18 tensors, 6 group sizes), found 15 tensors"),
     (lambda a: a.update(top_k=0), "top_k must be in 1..2, found 0"),
     (lambda a: a.update(top_k=3), "top_k must be in 1..2, found 3"),
     (lambda a: a.update(router=a["router"][:, :-1]), "the router weight must be [E, C]"),
-    (lambda a: a.update(router=None), "without a router, ffn must be"),
+    (lambda a: a.update(router=None), "ffn must be gate, up, down (no router), each (qweight, qzeros, scales) with a "
+                                      "group size (9 tensors, 3 group sizes), found 18 tensors"),
     (lambda a: a.update(heads=3), "heads must be a positive multiple of kv_heads"),
     (lambda a: a.update(cos=a["cos"][:, 0]), "cos and sin must be [B, 1, D]"),
     (lambda a: a.update(mask=a["mask"][:, 0]), "mask must be [B, 1, slots seen]"),
@@ -211,9 +230,11 @@ def layer_arguments(model, layer_index: int = 0, length: int = 4):
     (lambda a: a.update(mask=a["mask"].expand(2, 1, -1)), "mask must be [B, 1, slots seen] = [1, 1, slots seen]"),
     (lambda a: a.update(key_cache=a["key_cache"][:, :1]), "key_cache must be [B, Hkv, slots, D] = [1, 2, slots, D]"),
     (lambda a: a.update(router=a["router"].to(torch.int32)), "the router weight must be a floating-point CPU tensor"),
+    (lambda a: a.update(awq=False), "attention must be q, k, v, o, each one weight and no group size (4 tensors, "
+                                    "0 group sizes), found 12 tensors and 4 group sizes"),
 ])
 def test_checks_its_arguments(change, message, tmp_path_factory):
-    model = awq_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
+    model = tiny_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
     args = layer_arguments(model)
     ops.decode_layer(**args)  # valid as built
     args = layer_arguments(model)
@@ -223,12 +244,12 @@ def test_checks_its_arguments(change, message, tmp_path_factory):
 
 
 @needs_kernel
-@pytest.mark.parametrize("config", ["top-2 of 4 (sparse routing)", "dense Mistral MLP"])
+@pytest.mark.parametrize("config", ["top-2 of 4 (sparse routing)", "dense Mistral MLP", "plain weights, top-2 of 4"])
 def test_fake_implementation_gives_the_real_shapes_and_dtypes(config, tmp_path_factory):
     # What torch.compile traces with: the registered fake must describe what the kernel returns.
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    model = awq_model(config, torch.bfloat16, tmp_path_factory)
+    model = tiny_model(config, torch.bfloat16, tmp_path_factory)
     args = layer_arguments(model)
     real = ops.decode_layer(**args)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:

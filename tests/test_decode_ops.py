@@ -277,6 +277,9 @@ def test_half_precision_decode_with_fused_ops_close_to_the_pytorch_code(tmp_path
 
 @needs_kernel
 def test_the_model_uses_the_fused_ops_for_decode_steps_only(fp32_model, monkeypatch):
+    # The Python layer's own use of the op (a whole layer in one call, ops.decode_layer, reaches the op from C++
+    # and is switched off here; tests/test_decode_layer.py checks it).
+    monkeypatch.setattr(ops, "has_fused_layer", lambda device_type: False)
     calls = []
     original = ops.decode_attention
     monkeypatch.setattr(ops, "decode_attention", lambda *a: calls.append(a[0].shape) or original(*a))

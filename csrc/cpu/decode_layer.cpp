@@ -11,7 +11,8 @@
 // minimoe/model.py calls at that point (DecoderLayer -> RMSNorm -> Attention -> SparseMoeBlock / MLP), with the
 // same arguments in the same order, so the result is the same bit for bit; tests/test_decode_layer.py checks
 // exactly that. The model calls it only where it applies (DecoderLayer._decode_weights): a single-token step
-// through a KVCache, on the CPU, every linear layer AWQ int4 without a bias; anywhere else the Python runs.
+// through a KVCache, on the CPU, every linear layer of the layer without a bias and either all AWQ int4 or all
+// plain weights in the activations' dtype; anywhere else the Python runs.
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -34,21 +35,47 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return op.call(x, weight, eps);
 }
 
-// awq_gemm_many over `count` consecutive linears of `weights` (qweight, qzeros, scales per linear) from `first`.
-std::vector<at::Tensor> awq_many(const std::vector<at::Tensor>& xs, const at::TensorList weights,
-                                 const at::IntArrayRef groups, int64_t first, int64_t count) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("minimoe::awq_gemm_many", "")
-                       .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                                                      at::IntArrayRef)>();
-  std::vector<at::Tensor> qweights, qzeros, scales;
-  for (int64_t i = first; i < first + count; ++i) {
-    qweights.push_back(weights[3 * i]);
-    qzeros.push_back(weights[3 * i + 1]);
-    scales.push_back(weights[3 * i + 2]);
+// The linear layers of one part of a layer (attention: q, k, v, o; ffn: w1, w3, w2 of each expert, or gate, up,
+// down) as the op receives them: AWQ, (qweight, qzeros, scales) per layer with one group size each, or plain,
+// one weight [N, K] per layer in the activations' dtype (an fp32/fp16/bf16 checkpoint).
+struct Linears {
+  at::TensorList tensors;
+  at::IntArrayRef groups;  // AWQ only
+  bool awq;
+
+  int64_t inputs(int64_t i) const { return awq ? tensors[3 * i].size(0) : tensors[i].size(1); }
+  int64_t outputs(int64_t i) const { return awq ? tensors[3 * i + 2].size(1) : tensors[i].size(0); }
+  bool two_dimensional(int64_t i) const {
+    return awq ? tensors[3 * i].dim() == 2 && tensors[3 * i + 2].dim() == 2 : tensors[i].dim() == 2;
   }
-  return op.call(xs, qweights, qzeros, scales, groups.slice(first, count));
-}
+  std::string shapes(int64_t i) const {
+    return awq ? "qweight " + as_text(tensors[3 * i].sizes()) + " and scales " + as_text(tensors[3 * i + 2].sizes())
+               : "weight " + as_text(tensors[i].sizes());
+  }
+
+  // [layer(x) for x, layer in zip(xs, chosen layers)], the calls linear_many makes: the AWQ layers together in one
+  // awq_gemm_many, a plain layer through F.linear.
+  std::vector<at::Tensor> apply(const std::vector<at::Tensor>& xs, const std::vector<int64_t>& layers) const {
+    std::vector<at::Tensor> ys;
+    if (!awq) {
+      for (size_t i = 0; i < xs.size(); ++i) ys.push_back(at::linear(xs[i], tensors[layers[i]]));
+      return ys;
+    }
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("minimoe::awq_gemm_many", "")
+                         .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList,
+                                                        at::TensorList, at::IntArrayRef)>();
+    std::vector<at::Tensor> qweights, qzeros, scales;
+    std::vector<int64_t> group_sizes;
+    for (const int64_t i : layers) {
+      qweights.push_back(tensors[3 * i]);
+      qzeros.push_back(tensors[3 * i + 1]);
+      scales.push_back(tensors[3 * i + 2]);
+      group_sizes.push_back(groups[i]);
+    }
+    return op.call(xs, qweights, qzeros, scales, group_sizes);
+  }
+};
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
                             const at::Tensor& sin, const at::Tensor& key_cache, const at::Tensor& value_cache,
@@ -62,34 +89,28 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 }
 
 // SparseMoeBlock.forward (and Router.forward, run_experts) for the layer's B*T tokens [N, C].
-// ffn: per expert e, the (qweight, qzeros, scales) of w1, w3, w2. Returns (out, logits, experts, weights).
+// ffn: per expert e, w1, w3, w2 (layers 3e, 3e + 1, 3e + 2). Returns (out, logits, experts, weights).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe(const at::Tensor& tokens, const at::Tensor& router,
-                                                               at::TensorList ffn, at::IntArrayRef groups,
-                                                               int64_t top_k) {
+                                                               const Linears& ffn, int64_t top_k) {
   const int64_t E = router.size(0);
   // Router.forward
   const at::Tensor logits = at::linear(tokens.to(at::kFloat), router.to(at::kFloat)).to(tokens.scalar_type());
   const at::Tensor probs = at::softmax(logits, -1, at::kFloat);
   auto [top, experts] = at::topk(probs, top_k, -1);
   const at::Tensor weights = top / top.sum(-1, /*keepdim=*/true);
-  // run_experts(chosen, inputs): every w1 and w3 in one awq_gemm_many, SiLU(gate) * up, every w2 in another.
+  // run_experts(chosen, inputs): every w1 and w3 in one linear_many, SiLU(gate) * up, every w2 in another.
   const auto run_experts = [&](const std::vector<int64_t>& chosen, const std::vector<at::Tensor>& inputs) {
-    std::vector<at::Tensor> xs, hidden, w13, w2;
-    std::vector<int64_t> g13, g2;
+    std::vector<at::Tensor> xs, hidden;
+    std::vector<int64_t> w13, w2;
     for (size_t i = 0; i < chosen.size(); ++i) {
-      const int64_t e = chosen[i];
-      for (int64_t j : {0, 1}) {  // w1, w3
-        xs.push_back(inputs[i]);
-        for (int64_t t = 0; t < 3; ++t) w13.push_back(ffn[9 * e + 3 * j + t]);
-        g13.push_back(groups[3 * e + j]);
-      }
-      for (int64_t t = 0; t < 3; ++t) w2.push_back(ffn[9 * e + 6 + t]);
-      g2.push_back(groups[3 * e + 2]);
+      xs.insert(xs.end(), {inputs[i], inputs[i]});
+      w13.insert(w13.end(), {3 * chosen[i], 3 * chosen[i] + 1});
+      w2.push_back(3 * chosen[i] + 2);
     }
-    auto gates_and_ups = awq_many(xs, w13, g13, 0, static_cast<int64_t>(xs.size()));
+    auto gates_and_ups = ffn.apply(xs, w13);
     for (size_t i = 0; i < chosen.size(); ++i)
       hidden.push_back(at::silu_(gates_and_ups[2 * i]).mul_(gates_and_ups[2 * i + 1]));
-    return awq_many(hidden, w2, g2, 0, static_cast<int64_t>(hidden.size()));
+    return ffn.apply(hidden, w2);
   };
   at::Tensor out;
   if (top_k == E) {  // every token uses every expert: dense weights, no gather/scatter
@@ -124,19 +145,24 @@ using LayerOutput = std::tuple<at::Tensor, MaybeTensor, MaybeTensor, MaybeTensor
 
 LayerOutput decode_layer_cpu(
     const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& mask, at::Tensor key_cache,
-    at::Tensor value_cache, int64_t slot, at::TensorList norms, at::TensorList attention,
-    at::IntArrayRef attention_groups, const std::optional<at::Tensor>& router, at::TensorList ffn,
-    at::IntArrayRef ffn_groups, int64_t heads, int64_t kv_heads, int64_t top_k, double scale, double eps) {
+    at::Tensor value_cache, int64_t slot, at::TensorList norms, at::TensorList attention_tensors,
+    at::IntArrayRef attention_groups, const std::optional<at::Tensor>& router, at::TensorList ffn_tensors,
+    at::IntArrayRef ffn_groups, bool awq, int64_t heads, int64_t kv_heads, int64_t top_k, double scale, double eps) {
   const char* op = "minimoe::decode_layer (CPU)";
+  const Linears attention{attention_tensors, attention_groups, awq}, ffn{ffn_tensors, ffn_groups, awq};
+  const int64_t per_layer = awq ? 3 : 1;  // tensors per linear layer
+  const char* format = awq ? "(qweight, qzeros, scales) with a group size" : "one weight and no group size";
   // Every shape this op relies on, before any work; the ops it calls check the rest (dtypes, devices, qzeros).
   TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, found one on ", x.device());
   TORCH_CHECK(x.dim() == 3 && x.size(1) == 1 && x.size(0) > 0 && x.size(2) > 0, op,
               ": x must be [B, 1, C] (one new token per row), found shape ", as_text(x.sizes()));
   const int64_t B = x.size(0), C = x.size(2);
   TORCH_CHECK(norms.size() == 2, op, ": norms must be the 2 RMSNorm weights, found ", as_text(norms.size()));
-  TORCH_CHECK(attention.size() == 12 && attention_groups.size() == 4, op,
-              ": attention must be (qweight, qzeros, scales) of q, k, v, o (12 tensors, 4 group sizes), found ",
-              as_text(attention.size()), " tensors and ", as_text(attention_groups.size()), " group sizes");
+  TORCH_CHECK(static_cast<int64_t>(attention_tensors.size()) == 4 * per_layer &&
+                  static_cast<int64_t>(attention_groups.size()) == (awq ? 4 : 0),
+              op, ": attention must be q, k, v, o, each ", format, " (", as_text(4 * per_layer), " tensors, ",
+              as_text(awq ? 4 : 0), " group sizes), found ", as_text(attention_tensors.size()), " tensors and ",
+              as_text(attention_groups.size()), " group sizes");
   TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0, op,
               ": heads must be a positive multiple of kv_heads, found ", as_text(heads), " and ", as_text(kv_heads));
   TORCH_CHECK(key_cache.dim() == 4 && key_cache.size(0) == B && key_cache.size(1) == kv_heads, op,
@@ -149,14 +175,10 @@ LayerOutput decode_layer_cpu(
               " and ", as_text(sin.sizes()));
   TORCH_CHECK(mask.dim() == 3 && mask.size(0) == B && mask.size(1) == 1, op, ": mask must be [B, 1, slots seen] = [",
               as_text(B), ", 1, slots seen], found shape ", as_text(mask.sizes()));
-  // Every linear layer's shape, before any work: (qweight, qzeros, scales) number i of `weights` maps k inputs to
-  // n outputs (the products check the rest: dtypes, devices, qzeros, group sizes).
-  const auto check_linear = [&](const std::string& name, at::TensorList weights, int64_t i, int64_t k, int64_t n) {
-    const at::Tensor& qweight = weights[3 * i];
-    const at::Tensor& scales = weights[3 * i + 2];
-    TORCH_CHECK(qweight.dim() == 2 && scales.dim() == 2 && qweight.size(0) == k && scales.size(1) == n, op, ": ",
-                name, " must map ", as_text(k), " inputs to ", as_text(n), " outputs, found qweight ",
-                as_text(qweight.sizes()), " and scales ", as_text(scales.sizes()));
+  // Layer i of `linears` must map k inputs to n outputs (the products check the rest: dtypes, devices, qzeros).
+  const auto check_linear = [&](const std::string& name, const Linears& linears, int64_t i, int64_t k, int64_t n) {
+    TORCH_CHECK(linears.two_dimensional(i) && linears.inputs(i) == k && linears.outputs(i) == n, op, ": ", name,
+                " must map ", as_text(k), " inputs to ", as_text(n), " outputs, found ", linears.shapes(i));
   };
   check_linear("q_proj", attention, 0, C, heads * D);
   check_linear("k_proj", attention, 1, C, kv_heads * D);
@@ -171,20 +193,16 @@ LayerOutput decode_layer_cpu(
                 ": the router weight must be a floating-point CPU tensor, found ", router->scalar_type(), " on ",
                 router->device());
     E = router->size(0);
-    TORCH_CHECK(static_cast<int64_t>(ffn.size()) == 9 * E &&
-                    static_cast<int64_t>(ffn_groups.size()) == 3 * E,
-                op, ": ffn must be (qweight, qzeros, scales) of w1, w3, w2 for each of the ", as_text(E),
-                " experts (", as_text(9 * E), " tensors, ", as_text(3 * E), " group sizes), found ",
-                as_text(ffn.size()), " tensors and ", as_text(ffn_groups.size()), " group sizes");
-    TORCH_CHECK(top_k >= 1 && top_k <= E, op, ": top_k must be in 1..", as_text(E), ", found ",
-                as_text(top_k));
-  } else {
-    TORCH_CHECK(ffn.size() == 9 && ffn_groups.size() == 3, op,
-                ": without a router, ffn must be (qweight, qzeros, scales) of gate, up, down (9 tensors, 3 group "
-                "sizes), found ",
-                as_text(ffn.size()), " tensors and ", as_text(ffn_groups.size()), " group sizes");
+    TORCH_CHECK(top_k >= 1 && top_k <= E, op, ": top_k must be in 1..", as_text(E), ", found ", as_text(top_k));
   }
-  const int64_t I = ffn[2].dim() == 2 ? ffn[2].size(1) : -1;  // the intermediate size, from the first w1 / gate
+  TORCH_CHECK(static_cast<int64_t>(ffn_tensors.size()) == 3 * E * per_layer &&
+                  static_cast<int64_t>(ffn_groups.size()) == (awq ? 3 * E : 0),
+              op, ": ffn must be ", router.has_value() ? "w1, w3, w2 of each of the " + as_text(E) + " experts"
+                                                       : std::string("gate, up, down (no router)"),
+              ", each ", format, " (", as_text(3 * E * per_layer), " tensors, ", as_text(awq ? 3 * E : 0),
+              " group sizes), found ", as_text(ffn_tensors.size()), " tensors and ", as_text(ffn_groups.size()),
+              " group sizes");
+  const int64_t I = ffn.two_dimensional(0) ? ffn.outputs(0) : -1;  // the intermediate size, of the first w1 / gate
   for (int64_t e = 0; e < E; ++e) {
     const std::string prefix = router.has_value() ? "expert " + as_text(e) + " " : std::string();
     check_linear(prefix + (router.has_value() ? "w1" : "gate_proj"), ffn, 3 * e, C, I);
@@ -194,20 +212,23 @@ LayerOutput decode_layer_cpu(
 
   // DecoderLayer.forward: h = x + attn(norm1(x))
   const at::Tensor n1 = rms_norm(x, norms[0], eps).reshape({-1, C});
-  const auto qkv = awq_many({n1, n1, n1}, attention, attention_groups, 0, 3);  // linear_many(x, (q, k, v))
+  const auto qkv = attention.apply({n1, n1, n1}, {0, 1, 2});  // linear_many(x, (q, k, v)), on x as [B, C]
   const at::Tensor attended =
       decode_attention(qkv[0].view({B, heads, D}), qkv[1].view({B, kv_heads, D}), qkv[2].view({B, kv_heads, D}),
                        cos.select(1, 0), sin.select(1, 0), key_cache, value_cache, slot, mask.select(1, 0), scale);
-  const at::Tensor o = awq_many({attended.view({B, heads * D})}, attention, attention_groups, 3, 1)[0];
+  // o_proj(out.view(B, 1, H * D)): a plain layer gets the 3-D view, as in Python (AWQLinear flattens it anyway)
+  const at::Tensor o = attention.apply({awq ? attended.view({B, heads * D}) : attended.view({B, 1, heads * D})},
+                                       {3})[0];
   const at::Tensor h = x + o.view({B, 1, C});
   // out = h + ffn(norm2(h))
   const at::Tensor tokens = rms_norm(h, norms[1], eps).reshape({B, C});
-  if (!router.has_value()) {  // MLP.forward: down(silu(gate) * up)
-    const auto gate_up = awq_many({tokens, tokens}, ffn, ffn_groups, 0, 2);
-    const at::Tensor down = awq_many({at::silu(gate_up[0]) * gate_up[1]}, ffn, ffn_groups, 2, 1)[0];
+  if (!router.has_value()) {  // MLP.forward: down(silu(gate) * up), down on the 3-D [B, 1, I] as in Python
+    const auto gate_up = ffn.apply({tokens, tokens}, {0, 1});
+    const at::Tensor hidden = at::silu(gate_up[0]) * gate_up[1];
+    const at::Tensor down = ffn.apply({awq ? hidden : hidden.view({B, 1, I})}, {2})[0];
     return {h + down.view({B, 1, C}), std::nullopt, std::nullopt, std::nullopt};
   }
-  auto [out, logits, experts, weights] = moe(tokens, *router, ffn, ffn_groups, top_k);
+  auto [out, logits, experts, weights] = moe(tokens, *router, ffn, top_k);
   return {h + out.view({B, 1, C}), logits, experts, weights};
 }
 
