@@ -155,6 +155,38 @@ def test_used_for_decode_steps_only_and_where_every_linear_has_one_form(tmp_path
 
 
 @needs_kernel
+def test_a_module_swapped_in_runs_its_own_forward(tmp_path_factory):
+    # A router that always picks expert 0 with all the weight, in layer 1 only: that layer must run it (the op
+    # mirrors the original Router only), so the result differs from the unmodified model's in the decode steps.
+    from minimoe.model import Router, RouterOutput
+
+    class Expert0Router(Router):
+        def forward(self, x):
+            experts = torch.zeros(x.shape[0], self.top_k, dtype=torch.long)
+            experts[:, 1:] = 1
+            weights = torch.zeros(x.shape[0], self.top_k)
+            weights[:, 0] = 1
+            return RouterOutput(self.weight.new_zeros(x.shape[0], self.weight.shape[0]), experts, weights)
+
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("swap"), quantized=True, seed=4)
+    model = minimoe.load_model(path, dtype=torch.float32)
+    original = _decode(model, [[7, 8, 9]], 2, True)
+    gate = model.model.layers[1].block_sparse_moe.gate
+    swapped = Expert0Router(model.config.hidden_size, model.config.num_local_experts, gate.top_k)
+    swapped.weight = gate.weight
+    model.model.layers[1].block_sparse_moe.gate = swapped
+    x = torch.zeros(1, 1, model.config.hidden_size)
+    assert model.model.layers[0]._decode_weights(x) is not None
+    assert model.model.layers[1]._decode_weights(x) is None
+    fused = _decode(model, [[7, 8, 9]], 2, True)
+    plain = _decode(model, [[7, 8, 9]], 2, False)
+    for (logits, routes, *_), (logits0, routes0, *_), (logits1, *_) in zip(fused, plain, original):
+        assert torch.equal(logits, logits0)
+        assert torch.equal(routes[1].weights, routes0[1].weights) and (routes[1].weights[:, 0] == 1).all()
+        assert not torch.equal(logits, logits1)
+
+
+@needs_kernel
 def test_norm_weights_in_another_dtype_run_the_pytorch_code(tmp_path_factory):
     model = tiny_model("top-2 of 2 (dense routing)", torch.float32, tmp_path_factory)
     layer = model.model.layers[0]
