@@ -32,7 +32,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from minimoe import ops  # noqa: E402
-from minimoe.model import _matmul_in_fp32, apply_rope  # noqa: E402
+from minimoe.model import apply_rope, grouped_attention  # noqa: E402
 from floors import read_bandwidth  # noqa: E402  (benchmarks/floors.py)
 from kernel_cpu import machine_description  # noqa: E402  (benchmarks/kernel_cpu.py)
 from report import write_json  # noqa: E402  (benchmarks/report.py)
@@ -46,16 +46,7 @@ def torch_step(q, k, v, cos, sin, keys, values, slot, mask, scale):
     q (B, H, 1, D), k/v (B, Hkv, 1, D), cos/sin (B, 1, D), keys/values (B, Hkv, slots, D), mask (B, 1, L)."""
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     keys[:, :, slot:slot + 1], values[:, :, slot:slot + 1] = k, v    # KVCache.update
-    keys, values = keys[:, :, :slot + 1], values[:, :, :slot + 1]
-    B, H, T, D = q.shape
-    Hkv, L = keys.shape[1], keys.shape[2]
-    G = H // Hkv
-    q = q.reshape(B, Hkv, G * T, D)
-    matmul = _matmul_in_fp32 if q.dtype != torch.float32 else torch.matmul
-    scores = matmul(q, keys.transpose(-1, -2)) * scale
-    scores = scores.view(B, Hkv, G, T, L).masked_fill(~mask[:, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    return matmul(probs.view(B, Hkv, G * T, L), values).view(B, H, T, D)
+    return grouped_attention(q, keys[:, :, :slot + 1], values[:, :, :slot + 1], mask, scale)
 
 
 def bench_case(H, Hkv, D, L, dtype, budget_s, cold_bytes):

@@ -201,21 +201,31 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)          # (B, Hkv, L, D)
-        G, L = H // Hkv, k.shape[2]
-        # Query heads grouped by their kv head: rows (g, t) of one (G*T, D) matrix per kv head. k and v are
-        # used as they sit in the cache (a strided view): one batched matmul per kv head, no copy of the
-        # cache, which would cost O(L) bytes per layer per decoded token.
-        q = q.reshape(B, Hkv, G * T, D)
-        # A decode step on the CPU in bf16/fp16 multiplies in fp32 and rounds once to the activations' dtype:
-        # the same values as the half-precision matmul (fp32 accumulation, one rounding), but torch's bf16
-        # batched matmul costs 50-250 us per call at these tiny shapes (measured), the fp32 route 30-50 us.
-        matmul = _matmul_in_fp32 if T == 1 and q.device.type == "cpu" and q.dtype != torch.float32 else torch.matmul
-        scores = matmul(q, k.transpose(-1, -2)) * self.scale                    # (B, Hkv, G*T, L)
-        scores = scores.view(B, Hkv, G, T, L).masked_fill(~mask[:, None, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = matmul(probs.view(B, Hkv, G * T, L), v)                           # (B, Hkv, G*T, D)
-        out = out.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)
-        return self.o_proj(out)
+        out = grouped_attention(q, k, v, mask, self.scale)       # (B, H, T, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale, hidden keys at -inf) v for grouped-query heads, after RoPE and the cache update.
+
+    q (B, H, T, D); k, v (B, Hkv, L, D), H a multiple of Hkv; mask (B, T, L) bool -> (B, H, T, D) in q's dtype.
+    """
+    B, H, T, D = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
+    G = H // Hkv
+    # Query heads grouped by their kv head: rows (g, t) of one (G*T, D) matrix per kv head. k and v are
+    # used as they sit in the cache (a strided view): one batched matmul per kv head, no copy of the
+    # cache, which would cost O(L) bytes per layer per decoded token.
+    q = q.reshape(B, Hkv, G * T, D)
+    # A decode step on the CPU in bf16/fp16 multiplies in fp32 and rounds once to the activations' dtype:
+    # the same values as the half-precision matmul (fp32 accumulation, one rounding), but torch's bf16
+    # batched matmul costs 50-250 us per call at these tiny shapes (measured), the fp32 route 30-50 us.
+    matmul = _matmul_in_fp32 if T == 1 and q.device.type == "cpu" and q.dtype != torch.float32 else torch.matmul
+    scores = matmul(q, k.transpose(-1, -2)) * scale                         # (B, Hkv, G*T, L)
+    scores = scores.view(B, Hkv, G, T, L).masked_fill(~mask[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return matmul(probs.view(B, Hkv, G * T, L), v).view(B, H, T, D)          # (B, Hkv, G*T, D) as (B, H, T, D)
 
 
 def _matmul_in_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
