@@ -3,7 +3,8 @@
     import minimoe
     model = minimoe.load_model("path/to/Confinus-2x7B-AWQ")      # HF safetensors, AWQ int4 or fp16/bf16
     tok = minimoe.load_tokenizer("path/to/Confinus-2x7B-AWQ")
-    minimoe.ops.backend("cpu")                                   # which int4 kernel runs: "cpu", "cuda", "reference"
+    print(model)                                                 # the modules, and the engine running them
+    minimoe.ops.awq_backend("cpu")                               # which int4 kernel runs: "cpu", "cuda", "reference"
 
 Submodules are imported on first use, so `import minimoe` stays cheap and the tokenizer works without torch.
 """
@@ -19,10 +20,13 @@ _LAZY = {
     "config": ("minimoe.config", None),
     "checkpoint": ("minimoe.checkpoint", None),
     "model": ("minimoe.model", None),
+    "cache": ("minimoe.cache", None),
+    "loading": ("minimoe.loading", None),
+    "engines": ("minimoe.engines", None),
     "testing": ("minimoe.testing", None),
     "tokenizer": ("minimoe.tokenizer", None),
     "generate": ("minimoe.generate", None),
-    "load_model": ("minimoe.model", "load_model"),
+    "load_model": ("minimoe.loading", "load_model"),
     "load_tokenizer": ("minimoe.tokenizer", "load_tokenizer"),
 }
 

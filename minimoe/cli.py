@@ -30,7 +30,7 @@ def cmd_info(args) -> int:
     print(f"CUDA compiled         {info['cuda_compiled']}  archs: {', '.join(info['cuda_archs']) or '-'}")
     for op, devices in info["kernels"].items():
         print(f"{'kernel ' + op:<22}{', '.join(devices) or '-'}")
-    print(f"awq_gemm backend      cpu: {info['backend']['cpu']}, cuda: {info['backend']['cuda']}")
+    print(f"awq_gemm backend      cpu: {info['awq_backend']['cpu']}, cuda: {info['awq_backend']['cuda']}")
     if info["cpu_isa"]:
         amx = ", bf16 prefill on AMX" if info["cpu_amx"] else ""
         print(f"CPU kernels           {info['cpu_isa']}{amx}")
@@ -142,7 +142,7 @@ def cmd_generate(args) -> int:
     graph = f" ({kind} in {result.graph_seconds * 1e3:.0f} ms)" if result.graph_seconds else ""
     print(f"[{len(result.tokens[0])} tokens, {result.finish_reasons[0]}; prefill {result.prompt_tokens[0]} tokens "
           f"at {result.prefill_tokens_per_s:.1f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s{graph}; "
-          f"int4 backend {ops.backend(model.device)}; peak memory {peak_memory(model.device)}]", file=sys.stderr)
+          f"int4 backend {ops.awq_backend(model.device)}; peak memory {peak_memory(model.device)}]", file=sys.stderr)
     return 0
 
 

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from minimoe import engines
+
 
 @dataclasses.dataclass
 class SamplingConfig:
@@ -110,16 +112,15 @@ def next_tokens(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor,
 def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | None = None, *,
                  eos_id: int | None = None,
                  on_step: Callable[[int, int], bool] | None = None,
-                 cuda_graph: bool | None = None, compile: bool = False) -> GenerationResult:
+                 engine: str | None = None) -> GenerationResult:
     """Token-level generation: prompts as id lists -> GenerationResult (texts left empty).
 
     on_step(row, token) is called for every generated token; returning True finishes that row (stop strings).
-    cuda_graph: replay decode steps from a captured CUDA graph (minimoe.graphs). None (the default) means yes
-    on a CUDA device when more than one token is to be decoded, no elsewhere; if the capture fails then, a
-    warning says why and the steps run eagerly. True insists (a failed capture raises); False never captures.
-    compile: on the CPU, run the decode steps through torch.compile (minimoe.graphs.CompiledDecoder). The first
-    generation with a new batch size or capacity bucket compiles for tens of seconds (GenerationResult's
-    graph_seconds), later ones reuse it. A failed compilation raises.
+    engine: run the model with this engine from now on (minimoe.engines.use; None keeps the model's own,
+    `model.engine`, which load_model chose). Its decode steps then run eagerly (reference, native), replayed
+    from a CUDA graph (cuda-graph; if the capture fails, a warning says why and the steps run eagerly) or
+    through torch.compile (compile: the first generation with a new batch size or capacity bucket compiles for
+    tens of seconds, GenerationResult's graph_seconds; later ones reuse it; a failed compilation raises).
     """
     cfg = cfg or SamplingConfig()
     cfg.check()
@@ -146,14 +147,9 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
     reasons = ["length"] * batch
     done = [False] * batch
     budget = min(cfg.max_new_tokens, context - longest)
-    insist = cuda_graph is True
-    if cuda_graph is None:
-        cuda_graph = _graph_by_default(device, budget)
-    elif cuda_graph and device.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs the model on a CUDA device, found it on {device}")
-    if compile and device.type != "cpu":
-        raise ValueError(f"compile=True runs the decode steps through torch.compile on the CPU; the model is on "
-                         f"{device} (on a GPU the CUDA graph is the default)")
+    if engine is not None:
+        engines.use(model, engine)
+    mode = engines.decode_mode(model)  # "eager", "compile" or "cuda-graph"
     cache = model.new_cache()
     decoder = None
     prefill_s = decode_s = graph_s = 0.0
@@ -161,9 +157,9 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
     feed, feed_mask = ids, mask
     with cycle_collection(False):  # see its docstring: 4-8% of a CPU decode step
         for step in range(budget):
-            if step == 1 and (compile or cuda_graph):
+            if step == 1 and mode != "eager" and budget > 2:  # a graph or a compilation pays off from 2 steps
                 t0 = time.perf_counter()
-                decoder = _step_decoder(model, batch, longest + budget, compile, insist)
+                decoder = _step_decoder(model, batch, longest + budget, mode)
                 if decoder is not None:
                     decoder.start(cache)
                     cache = None  # the prompt's keys and values now live in the decoder's own cache
@@ -172,7 +168,8 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
             if decoder is not None:
                 logits = decoder.step(feed)
             else:
-                logits = model(feed, cache=cache, attention_mask=feed_mask, last_token_only=True)[:, -1]
+                with torch.inference_mode():
+                    logits = model(feed, cache=cache, attention_mask=feed_mask, last_token_only=True)[:, -1]
             token = next_tokens(logits, cfg, seen, generator)
             token_list = token.tolist()  # synchronises, so the timing below is honest on a GPU too
             elapsed = time.perf_counter() - t0
@@ -218,20 +215,18 @@ def cycle_collection(enabled: bool):
         (gc.enable if was_enabled else gc.disable)()
 
 
-def _step_decoder(model, batch: int, needed: int, compile: bool, insist: bool):
-    """The decoder generate_ids hands its steps to after the prompt: compiled (CPU) or a CUDA graph. None when a
-    capture the caller did not insist on is refused (a warning says why; the steps then run eagerly)."""
-    from minimoe.graphs import CompiledDecoder, GraphDecoder
+def _step_decoder(model, batch: int, needed: int, mode: str):
+    """The decoder generate_ids hands its steps to after the prompt: compiled or a CUDA graph. None when the
+    capture is refused (a warning says why; the steps then run eagerly)."""
+    from minimoe.engines.decoders import CompiledDecoder, GraphDecoder
 
-    if compile:
+    if mode == "compile":
         with cycle_collection(True):  # compiling makes much garbage, cycles included
             capacity = _capacity_bucket(needed, model.config.max_position_embeddings)
             return CompiledDecoder(model, batch, capacity)
     try:
         return GraphDecoder(model, batch, capacity=needed)
     except RuntimeError as error:  # capture refused by this torch / driver / op: decode eagerly
-        if insist:
-            raise
         warnings.warn(f"minimoe: CUDA graph capture failed, decoding without a graph "
                       f"({type(error).__name__}: {str(error).splitlines()[0][:200]})", RuntimeWarning, stacklevel=3)
         return None
@@ -243,20 +238,13 @@ def _capacity_bucket(needed: int, context: int) -> int:
     return min(context, max(64, 1 << (needed - 1).bit_length()))
 
 
-def _graph_by_default(device: torch.device, budget: int) -> bool:
-    """Whether generate_ids captures a CUDA graph when not told: on CUDA devices, when it will replay it."""
-    return device.type == "cuda" and budget > 2
-
-
 def generate(model, tokenizer, prompts: str | Sequence[str], cfg: SamplingConfig | None = None, *,
-             on_token: Callable[[int, str], None] | None = None, cuda_graph: bool | None = None,
-             compile: bool = False,
+             on_token: Callable[[int, str], None] | None = None, engine: str | None = None,
              **sampling) -> GenerationResult:
     """Generate text for one prompt or a batch. Other keyword arguments are SamplingConfig fields.
 
     on_token(row, text) streams each row's new text as soon as it forms whole characters.
-    cuda_graph: as for generate_ids (None: replay decode steps from a CUDA graph on a GPU).
-    compile: as for generate_ids (True: decode steps through torch.compile, CPU only).
+    engine: as for generate_ids (None: the model's own engine, chosen when it was loaded).
     """
     cfg = dataclasses.replace(cfg or SamplingConfig(), **sampling)
     single = isinstance(prompts, str)
@@ -285,8 +273,7 @@ def generate(model, tokenizer, prompts: str | Sequence[str], cfg: SamplingConfig
             on_token(row, piece)
         return hit >= 0
 
-    result = generate_ids(model, encoded, cfg, eos_id=tokenizer.eos_id, on_step=on_step, cuda_graph=cuda_graph,
-                          compile=compile)
+    result = generate_ids(model, encoded, cfg, eos_id=tokenizer.eos_id, on_step=on_step, engine=engine)
     for row, decoder in enumerate(decoders):
         if result.finish_reasons[row] != "stop":
             tail = decoder.flush()

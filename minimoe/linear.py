@@ -5,9 +5,13 @@
 
     linear_many([x1, x2, ...], [layer1, layer2, ...]) = [layer1(x1), layer2(x2), ...] in fewer kernel calls
 
-This is the only place where model code meets the int4 kernels: AWQLinear calls `minimoe.ops.awq_gemm`, which
-runs the compiled CPU/CUDA kernel for the tensors' device when the extension has one, else the pure-PyTorch
-reference in `minimoe.awq`; linear_many hands a list of AWQLinear products to `minimoe.ops.awq_gemm_many`.
+This is the only place where the reference model meets a kernel, and it says so: each layer has a `kernel` flag
+(shown by `print(model)`). kernel=False computes the product in plain PyTorch (`minimoe.awq.awq_linear_reference`
+for int4, `F.linear` of the converted weight for a weight kept in its stored dtype); kernel=True calls
+`minimoe.ops.awq_gemm` / `minimoe.ops.linear_stored`, which run the compiled CPU/CUDA kernel for the tensors'
+device when the extension has one (else the same PyTorch). The engine sets the flag (minimoe/engines): the
+`reference` engine turns it off, every other engine on. linear_many (for the native engine) hands a list of
+AWQLinear products to `minimoe.ops.awq_gemm_many`.
 Weights are buffers/parameters without gradients: minimoe is an inference engine, but nothing here stops a
 reader from making them trainable.
 """
@@ -24,6 +28,8 @@ from minimoe import awq, ops
 class Linear(nn.Module):
     """nn.Linear without the random initialisation (a 7B model's init would take minutes, then be overwritten)."""
 
+    kernel = False  # the plain PyTorch product until an engine turns the kernel on (minimoe/engines)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = False, *, dtype=None, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -36,13 +42,14 @@ class Linear(nn.Module):
         if self.weight.dtype == x.dtype:
             return F.linear(x, self.weight, self.bias)
         # A weight kept in its stored dtype (the loader does this for an fp16 lm_head on the CPU): the
-        # result is F.linear(x, weight.to(x.dtype)), without the converted copy.
-        y = ops.linear_stored(x, self.weight)
+        # result is F.linear(x, weight.to(x.dtype)); the kernel computes it without the converted copy.
+        y = ops.linear_stored(x, self.weight) if self.kernel else F.linear(x, self.weight.to(x.dtype))
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         stored = f", stored={str(self.weight.dtype).replace('torch.', '')}"
-        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}{stored}"
+        # kernel only matters for a weight kept in a dtype other than the input's (then: ops.linear_stored)
+        return f"in={self.in_features}, out={self.out_features}, bias={self.bias is not None}{stored}, kernel={self.kernel}"
 
 
 class AWQLinear(nn.Module):
@@ -51,6 +58,8 @@ class AWQLinear(nn.Module):
     qweight [K, N/8] int32, qzeros [K/G, N/8] int32, scales [K/G, N] fp16, bias [N] or None.
     Activations keep their dtype: the kernel accumulates in fp32 and returns x's dtype.
     """
+
+    kernel = False  # the plain PyTorch product until an engine turns the kernel on (minimoe/engines)
 
     def __init__(self, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
                  bias: torch.Tensor | None = None, *, name: str = ""):
@@ -64,7 +73,9 @@ class AWQLinear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.add_bias(ops.awq_gemm(x, *self.awq_weight))
+        if self.kernel:
+            return self.add_bias(ops.awq_gemm(x, *self.awq_weight))   # the compiled kernel, where one exists
+        return self.add_bias(awq.awq_linear_reference(x, *self.awq_weight))  # dequantize, then x @ W
 
     @property
     def awq_weight(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -85,7 +96,8 @@ class AWQLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, group_size={self.group_size}, "
-                f"bias={self.bias is not None}, backend={ops.backend(self.qweight.device)}")
+                f"bias={self.bias is not None}, "
+                f"kernel={ops.awq_backend(self.qweight.device) if self.kernel else 'off (PyTorch reference)'}")
 
 
 def linear_many(xs: torch.Tensor | list[torch.Tensor], layers) -> list[torch.Tensor]:
@@ -102,7 +114,8 @@ def linear_many(xs: torch.Tensor | list[torch.Tensor], layers) -> list[torch.Ten
             return [y.view(*xs.shape[:-1], y.shape[-1]) for y in linear_many(xs.reshape(-1, xs.shape[-1]), layers)]
         xs = [xs] * len(layers)
     xs = list(xs)
-    quantized = [i for i, layer in enumerate(layers) if isinstance(layer, AWQLinear)]
+    # Only layers whose forward is AWQLinear.forward with the kernel on (a subclass or an edit runs its own)
+    quantized = [i for i, layer in enumerate(layers) if type(layer).forward is AWQLinear.forward and layer.kernel]
     ys: list[torch.Tensor | None] = [None] * len(layers)
     if len(quantized) > 1:
         products = ops.awq_gemm_many([xs[i] for i in quantized], [layers[i].awq_weight for i in quantized])

@@ -1,7 +1,9 @@
 """The one door to minimoe's native extension (`minimoe._C`).
 
-Everything that may run a compiled kernel goes through this module, and everything here still works
-without the extension: each op falls back to the pure-PyTorch spec in `minimoe.awq`.
+Everything that may run a compiled kernel goes through this module. The int4 ops and linear_stored still
+work without the extension (they fall back to the pure-PyTorch spec in `minimoe.awq` / `F.linear`); the three
+fused decode ops (rms_norm, decode_attention, decode_layer) have no fallback: their callers (the `native`
+engine, minimoe/engines/native.py) ask `has_fused_ops` / `has_fused_layer` first and otherwise run the Python.
 
     awq_gemm(x, qweight, qzeros, scales, group_size)   y = x @ W  for an AWQ int4 weight (the hot op)
     awq_gemm_many(xs, weights)                          several of those in one kernel call
@@ -9,7 +11,8 @@ without the extension: each op falls back to the pure-PyTorch spec in `minimoe.a
     rms_norm(x, weight, eps)                            RMSNorm in one call (CPU decode; model.RMSNorm is the spec)
     decode_attention(q, k, v, cos, sin, ...)            one new token's RoPE + cache write + attention in one call
     decode_layer(x, cos, sin, mask, ...)                a whole decoder layer's decode step in one call (CPU)
-    backend(device)                                     "cuda" | "cpu" | "reference": who runs awq_gemm there
+    awq_backend(device)                                 "cuda" | "cpu" | "reference": who runs awq_gemm there
+    kernels(device)                                     {op: True/False}: which ops have a kernel there
     build_info()                                        how the extension was built, or why it did not load
 
 The kernels are registered with the torch dispatcher (`torch.ops.minimoe.*`), so one op name reaches the
@@ -19,7 +22,6 @@ below so that the ops also trace under torch.compile.
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
@@ -40,28 +42,25 @@ except ImportError as error:
     )
 
 _KERNELS: dict[str, list[str]] = dict(_C.build_info()["kernels"]) if _C is not None else {}
-_force_reference = False
-
-
-@contextlib.contextmanager
-def reference_only():
-    """Within this block every op runs its pure-PyTorch reference, even where a kernel exists."""
-    global _force_reference
-    previous, _force_reference = _force_reference, True
-    try:
-        yield
-    finally:
-        _force_reference = previous
 
 
 def _has_kernel(op: str, device_type: str) -> bool:
-    return not _force_reference and device_type in _KERNELS.get(op, ())
+    return device_type in _KERNELS.get(op, ())
 
 
-def backend(device: str | torch.device = "cpu") -> str:
-    """Name what runs `awq_gemm` on `device`: "cuda" or "cpu" (a compiled kernel) or "reference" (PyTorch)."""
+def awq_backend(device: str | torch.device = "cpu") -> str:
+    """Name what runs the int4 product `awq_gemm` on `device`: "cuda" or "cpu" (a compiled kernel) or
+    "reference" (PyTorch). For every op at once, see `kernels`; for what runs a model, `print(model)`."""
     device_type = torch.device(device).type
     return device_type if _has_kernel("awq_gemm", device_type) else "reference"
+
+
+def kernels(device: str | torch.device = "cpu") -> dict[str, bool]:
+    """{op name: whether the extension has a kernel for it on `device`} for every op of this module."""
+    device_type = torch.device(device).type
+    names = ("awq_unpack", "awq_gemm", "awq_gemm_many", "linear_stored", "rms_norm", "decode_attention",
+             "decode_layer")
+    return {name: _has_kernel(name, device_type) for name in names}
 
 
 def build_info() -> dict:
@@ -86,7 +85,7 @@ def build_info() -> dict:
         info["compiled_with_torch"] = native["compiled_with_torch"]
         info["cpu_isa"] = str(native["cpu_isa"])  # avx512 | avx2 | scalar: the CPU kernels' tier here
         info["cpu_amx"] = bool(native["cpu_amx"])  # bf16 prefill on AMX tiles
-    info["backend"] = {"cpu": backend("cpu"), "cuda": backend("cuda")}
+    info["awq_backend"] = {"cpu": awq_backend("cpu"), "cuda": awq_backend("cuda")}
     return info
 
 

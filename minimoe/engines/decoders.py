@@ -1,4 +1,4 @@
-"""Decode steps replayed from one captured CUDA graph.
+"""The decode steps of the `cuda-graph` and `compile` engines: one fixed-shape step, replayed or compiled.
 
 A decode step of Confinus-2x7B is about 2,000 small GPU kernels (32 layers of norms, RoPE, attention, routing,
 six int4 products and the element-wise glue). Launched one by one from Python, each costs several microseconds
@@ -6,28 +6,53 @@ of host time, far more than most of them take on the GPU: the GPU sits idle wait
 records the whole step once; replaying it is one host call, and the GPU runs the kernels back to back.
 
 A graph replays the same kernels with the same arguments and the same memory, so the step must not depend on
-anything the host decides per step. `Transformer.decode_step` with a `StaticKVCache` is written that way: the
-write slot, the positions and the attention mask live on the device and the step advances them itself. What
-changes per step from the outside (the token just sampled) is copied into a fixed input tensor before replay.
+anything the host decides per step. `Transformer.forward` over a `StaticKVCache` (minimoe/cache.py) is that
+step: the write slot, the positions and the attention mask live on the device and the cache advances them
+itself. What changes per step from the outside (the token just sampled) is copied into a fixed input tensor
+before replay.
 
     decoder = GraphDecoder(model, batch=1, capacity=prompt_len + new_tokens)
     decoder.start(prefilled_kv_cache)           # after an ordinary forward over the prompt
     logits = decoder.step(next_ids)             # (B, vocab); valid until the next step
 
-`minimoe.generate.generate_ids` uses this on CUDA devices by default (`cuda_graph=None`).
+`minimoe.generate.generate_ids` uses this for models run by the `cuda-graph` engine (the default on GPUs).
 
-On the CPU the same graph-ready step can go through `torch.compile` instead (`CompiledDecoder`,
-`generate_ids(..., compile=True)`): inductor turns the step's ~60 small torch ops per layer and the Python
-around them into a few generated C++ loops, which is what a CPU decode step spends a quarter of its time on.
+The same fixed-shape step can go through `torch.compile` instead (`CompiledDecoder`, the `compile` engine):
+inductor turns the step's ~60 small torch ops per layer and the Python around them into a few generated loops.
+
+Both run the reference Python as it was when they captured or compiled it. So each step first checks that the
+functions of the model's modules are still the same objects (a few microseconds); if one was replaced since,
+the decoder warns once and runs the step eagerly from then on, so the edit takes effect.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
+import warnings
 
 import torch
 
-from minimoe.model import KVCache, StaticKVCache
+from minimoe.cache import KVCache, StaticKVCache
+from minimoe.engines.mirror import EngineFallbackWarning
+
+
+def _code_snapshot() -> tuple:
+    """Every function and method of the modules the model's forward runs, as objects (compared by identity)."""
+    found = []
+    for module_name in ("minimoe.model", "minimoe.cache", "minimoe.linear", "minimoe.engines.native"):
+        module = sys.modules.get(module_name)
+        for value in vars(module).values() if module is not None else ():
+            if callable(value) and getattr(value, "__module__", None) == module_name:
+                found.append(value)
+                if isinstance(value, type):
+                    found.extend(vars(value).values())
+    return tuple(found)
+
+
+def _step(model, ids, cache):
+    """One decode step: the model's own forward over a StaticKVCache."""
+    return model(ids, cache=cache)
 
 
 class GraphDecoder:
@@ -58,11 +83,11 @@ class GraphDecoder:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(warmup_steps):
-                    model.decode_step(self.ids, self.cache)
+                    _step(model, self.ids, self.cache)
             torch.cuda.current_stream(device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):  # records, does not run
-                self.logits = model.decode_step(self.ids, self.cache)
+                self.logits = _step(model, self.ids, self.cache)
         torch.cuda.synchronize(device)
 
     def _setup(self, model, batch: int, capacity: int) -> None:
@@ -72,6 +97,8 @@ class GraphDecoder:
         self.model, self.batch, self.capacity = model, batch, capacity
         self.length = 0  # slots in use, tracked on the host (the device copy is cache.slot)
         self.graph = None
+        self._code = _code_snapshot()  # the Python this decoder captured or compiled
+        self._stale = False
 
     def start(self, cache: KVCache) -> None:
         """Continue from a prefilled ordinary cache (the prompt's forward); resets anything decoded before."""
@@ -96,19 +123,28 @@ class GraphDecoder:
         self.length += 1
         return logits[:, -1]
 
+    def _code_changed(self) -> bool:
+        """Was a function of the model's Python replaced since capture? Then warn once, and run eagerly."""
+        if not self._stale and _code_snapshot() != self._code:
+            self._stale = True
+            warnings.warn(f"minimoe: {type(self).__name__}: the model's Python changed since its decode step was "
+                          f"captured/compiled; running the steps eagerly from now on, so that your edit runs",
+                          EngineFallbackWarning, stacklevel=3)
+        return self._stale
+
     def _run(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             self.ids.copy_(ids)
-            if self.graph is not None:
+            if self.graph is not None and not self._code_changed():
                 self.graph.replay()
                 return self.logits
-            return self.model.decode_step(self.ids, self.cache)
+            return _step(self.model, self.ids, self.cache)
 
 
 class CompiledDecoder(GraphDecoder):
     """GraphDecoder's decode steps run through `torch.compile` instead of a CUDA graph: for the CPU.
 
-    The step compiled is `Transformer.decode_step` over a `StaticKVCache`, the same step a CUDA graph replays:
+    The step compiled is `Transformer.forward` over a `StaticKVCache`, the same step a CUDA graph replays:
     its shapes never change during a generation, so it compiles once (the first step, at construction: tens of
     seconds on a 2-core machine) and every call after runs the generated code. A new capacity or batch means a
     new compilation; `generate_ids` rounds the capacity up to a power of two so that most prompts share one.
@@ -117,9 +153,6 @@ class CompiledDecoder(GraphDecoder):
 
     def __init__(self, model, batch: int, capacity: int):
         device = model.device
-        if device.type != "cpu":
-            raise ValueError(f"CompiledDecoder: the compiled decode step is for the CPU, found the model on {device} "
-                             f"(on a GPU, GraphDecoder's CUDA graph is the default)")
         self._setup(model, batch, capacity)
         # Ordinary tensors, not inference tensors: torch.compile will not trace in-place updates of inference
         # tensors (the cache write). no_grad gives the same "no autograd" without that restriction.
@@ -136,15 +169,15 @@ class CompiledDecoder(GraphDecoder):
     def _run(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             self.ids.copy_(ids)
+            if self._code_changed():
+                return _step(self.model, self.ids, self.cache)
             return self._step(self.ids, self.cache)
 
 
 def compiled_decode_step(model):
-    """torch.compile of `model.decode_step` (made once per model and kept on it)."""
+    """torch.compile of one decode step, `model(ids, cache=static_cache)` (made once per model, kept on it)."""
     step = model.__dict__.get("_compiled_decode_step")
     if step is None:
-        # decode_step without its inference_mode decorator: dynamo cannot trace inside inference mode here.
-        plain = type(model).decode_step.__wrapped__
-        step = torch.compile(functools.partial(plain, model), dynamic=False)
+        step = torch.compile(functools.partial(_step, model), dynamic=False)
         model.__dict__["_compiled_decode_step"] = step
     return step

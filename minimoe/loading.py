@@ -1,0 +1,103 @@
+"""Checkpoint -> module tree: build the model on the meta device (free), then put each tensor in its place.
+
+The file reading and validation is minimoe/checkpoint.py; the modules are minimoe/model.py; this is the
+mapping between them, plus the choice of engine that will run the model (minimoe/engines).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn as nn
+
+from minimoe import engines, ops
+from minimoe.checkpoint import Checkpoint, linear_names, plain_tensor_specs
+from minimoe.config import DTYPES
+from minimoe.linear import AWQLinear, Linear
+from minimoe.model import RotaryEmbedding, Transformer
+
+
+def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
+               device: str | torch.device = "cpu", progress=None, engine: str | None = None) -> Transformer:
+    """Load a checkpoint directory into a Transformer in eval mode, run by `engine`.
+
+    dtype: activations and plain weights (default: the checkpoint's own dtype); fp32, fp16 or bf16.
+    AWQ linears keep their int4 tensors as stored (scales stay fp16), whatever `dtype` is.
+    progress: optional callable(done, total) called as tensors are placed (the CLI draws a bar with it).
+    engine: which engine runs it (minimoe/engines: "reference", "native", "compile", "cuda-graph" or "auto");
+        default $MINIMOE_ENGINE, else "auto". `print(model)` shows it.
+    """
+    engines.check_name(engine)  # a typo fails before minutes of loading, not after
+    checkpoint = Checkpoint(path)
+    config = checkpoint.config
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
+        dtype = DTYPES[dtype]
+    dtype = dtype or config.torch_dtype
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, found {dtype}")
+    device = torch.device(device)
+
+    with torch.device("meta"):
+        model = Transformer(config, dtype=dtype)
+    model.rotary.inv_freq = RotaryEmbedding(config.head_dim, config.rope_theta).inv_freq  # recompute off meta
+
+    plain = plain_tensor_specs(config)
+    linears = linear_names(config)
+    total, done = len(plain) + len(linears), 0
+    for name in plain:
+        tensor = checkpoint.tensor(name)
+        keep = _keep_stored(name, tensor.dtype, dtype, device, config.tie_word_embeddings)
+        _assign(model, name, tensor.to(device=device, dtype=tensor.dtype if keep else dtype))
+        done += 1
+        if progress:
+            progress(done, total)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    for prefix, (n, k) in linears.items():
+        tensors = checkpoint.linear(prefix)
+        parent_name, _, attr = prefix.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if "qweight" in tensors:
+            module = AWQLinear(*(tensors[t].to(device) for t in ("qweight", "qzeros", "scales")),
+                               group_size=checkpoint.group_size(prefix),
+                               bias=tensors["bias"].to(device=device, dtype=dtype) if "bias" in tensors else None,
+                               name=prefix)
+        else:
+            module = Linear(k, n, bias="bias" in tensors, dtype=dtype, device="meta")
+            module.weight = nn.Parameter(tensors["weight"].to(device=device, dtype=dtype), requires_grad=False)
+            if "bias" in tensors:
+                module.bias = nn.Parameter(tensors["bias"].to(device=device, dtype=dtype), requires_grad=False)
+        setattr(parent, attr, module)
+        done += 1
+        if progress:
+            progress(done, total)
+    model.rotary.to(device)
+    model.eval()
+    leftover = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if leftover:
+        raise RuntimeError(f"internal error: tensors left unloaded: {leftover[:5]}")
+    return engines.use(model, engine)
+
+
+def _keep_stored(name: str, stored: torch.dtype, dtype: torch.dtype, device: torch.device, tied: bool) -> bool:
+    """Keep this tensor in the checkpoint's dtype instead of converting it to the activations' dtype?
+
+    Only where nothing changes but memory and speed: the embedding table (a looked-up row converts exactly as
+    the table would), and the lm_head where `ops.linear_stored` has a kernel (the CPU extension), which computes
+    F.linear(x, W.to(x.dtype)) from the stored weights. Never when the stored dtype is the wider one.
+    Confinus-2x7B in bf16 or fp32 on the CPU: 524 MB less memory; in fp32, half the lm_head bytes per token.
+    """
+    if stored == dtype or not stored.is_floating_point or stored.itemsize > dtype.itemsize:
+        return False
+    kernel = ops.can_keep_stored(device.type, dtype, stored)
+    if name == "model.embed_tokens.weight":
+        return kernel or not tied  # a tied table is the lm_head's weight too
+    return name == "lm_head.weight" and kernel
+
+
+def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attr, nn.Parameter(value, requires_grad=False))
