@@ -16,9 +16,9 @@ Part 2, mid-size (CPU): a Mixtral that transformers can hold in fp32 (hidden 102
 decode and prefill tokens/s of transformers (fp32, KV cache), minimoe fp32, and minimoe AWQ (C++ kernel), all
 loaded at once and measured in interleaved rounds (--rounds, median reported).
 GPU mode: random AWQ weights are generated directly on the GPU (no 7 GB file to write), fp16 activations,
-batch 1. Decode tokens/s through generate_ids with decode steps replayed from a CUDA graph (minimoe.graphs) and
-without (eager), in interleaved rounds, against the bandwidth ceiling (bytes per token / measured device copy
-bandwidth). Also one replayed step's GPU time with no host in the loop, and the int4 products' share of it.
+batch 1. Decode tokens/s through generate_ids with decode steps replayed from a CUDA graph (the cuda-graph
+engine, minimoe.engines.decoders) and without (the native engine, eager), in interleaved rounds, against the
+bandwidth ceiling (bytes per token / measured device copy bandwidth). Also one replayed step's GPU time with no host in the loop, and the int4 products' share of it.
 
 Prints tables, writes JSON (--out). Numbers drift between runs on shared machines: compare the ratios.
 """
@@ -136,7 +136,7 @@ def run_real(path: str, prompt_tokens: int, decode_tokens: int, dtype_name: str,
     fractions = [d * per_token / b for d, b in zip(decode_rounds, bandwidth_rounds)]  # each round's own floor
     return {
         "dtype": dtype_name,
-        "backend": ops.backend("cpu"),
+        "backend": ops.awq_backend("cpu"),
         "bytes_on_disk": stats["bytes_on_disk"],
         "bytes_read_per_token": per_token,
         "load_seconds": load_s,
@@ -180,9 +180,10 @@ def transformers_decode(model, prompt: torch.Tensor, decode_tokens: int) -> tupl
     return prompt.numel() / prefill_s, decode_tokens / decode_s
 
 
-def minimoe_decode(model, prompt: torch.Tensor, decode_tokens: int, compile: bool = False) -> tuple[float, float]:
+def minimoe_decode(model, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
+    """Prefill and decode tokens/s of `model` with whatever engine it was loaded with."""
     prefill_s, _ = timed(lambda: model(prompt[None], cache=model.new_cache(), last_token_only=True))
-    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1), compile=compile)
+    result = generate_ids(model, [prompt.tolist()], SamplingConfig(max_new_tokens=decode_tokens + 1))
     return prompt.numel() / prefill_s, result.decode_tokens_per_s
 
 
@@ -208,11 +209,12 @@ def run_mid(prompt_tokens: int, decode_tokens: int, rounds: int, compile: bool =
         make_tiny_checkpoint(awq_path, quantized=True, group_size=128, dtype="float16", **MID_CONFIG)
         for dtype in (torch.float32, torch.bfloat16):
             model = minimoe.load_model(awq_path, dtype=dtype)
-            name = f"minimoe AWQ int4 ({ops.backend('cpu')}), {str(dtype).replace('torch.', '')} activations"
+            name = f"minimoe AWQ int4 ({ops.awq_backend('cpu')}), {str(dtype).replace('torch.', '')} activations"
             engines.append((name, lambda p, n, model=model: minimoe_decode(model, p, n)))
-            if compile and dtype == torch.float32:  # the same model, decode steps through torch.compile
-                engines.append((name + ", torch.compile",
-                                lambda p, n, model=model: minimoe_decode(model, p, n, compile=True)))
+            if compile and dtype == torch.float32:  # the same weights, decode steps through torch.compile
+                compiled = minimoe.load_model(awq_path, dtype=dtype, engine="compile")
+                engines.append((name + ", compile engine",
+                                lambda p, n, model=compiled: minimoe_decode(model, p, n)))
     prompt = torch.randint(3, MID_CONFIG["vocab_size"], (prompt_tokens,))
     warmup = {}
     for name, run in engines:  # the whole prompt: the compiled engine compiles for the rounds' cache capacity here
@@ -242,6 +244,7 @@ def run_mid(prompt_tokens: int, decode_tokens: int, rounds: int, compile: bool =
 
 def random_awq_model_on(device: str, dtype: torch.dtype, layers: int):
     """The real-shape model built directly on the device with random int4 codes (no file, no quantize step)."""
+    from minimoe import engines
     from minimoe.config import ModelConfig, QuantConfig
     from minimoe.linear import AWQLinear
     from minimoe.model import RotaryEmbedding, Transformer
@@ -267,7 +270,7 @@ def random_awq_model_on(device: str, dtype: torch.dtype, layers: int):
             value = torch.ones(p.shape, device=device, dtype=dtype)
         setattr(model.get_submodule(parent), attr, torch.nn.Parameter(value, requires_grad=False))
     model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
-    return model.eval()
+    return engines.use(model.eval(), "native")  # int4 kernels on; the rounds pick native or cuda-graph per call
 
 
 def replay_seconds(graph, repeats: int) -> float:
@@ -300,7 +303,7 @@ def int4_products_seconds(model) -> float:
 
 
 def run_gpu(prompt_tokens: int, decode_tokens: int, layers: int, rounds: int) -> dict:
-    from minimoe.graphs import GraphDecoder
+    from minimoe.engines.decoders import GraphDecoder
 
     device = "cuda"
     model = random_awq_model_on(device, torch.float16, layers)
@@ -311,7 +314,8 @@ def run_gpu(prompt_tokens: int, decode_tokens: int, layers: int, rounds: int) ->
     prompt = torch.randint(3, model.config.vocab_size, (prompt_tokens,))
     cfg = SamplingConfig(max_new_tokens=decode_tokens + 1, stop_on_eos=False)
     for graphed in (False, True):  # warm-up: kernels' first launches, cuBLAS handles, the allocator
-        generate_ids(model, [prompt[:8].tolist()], SamplingConfig(max_new_tokens=4), cuda_graph=graphed)
+        generate_ids(model, [prompt[:8].tolist()], SamplingConfig(max_new_tokens=4),
+                     engine="cuda-graph" if graphed else "native")
     sync(device)
 
     prefill = []
@@ -322,8 +326,8 @@ def run_gpu(prompt_tokens: int, decode_tokens: int, layers: int, rounds: int) ->
         prefill.append(time.perf_counter() - t0)
     eager, graph, capture = [], [], []
     for _ in range(rounds):  # interleaved, so drift hits both alike
-        eager.append(generate_ids(model, [prompt.tolist()], cfg, cuda_graph=False).decode_tokens_per_s)
-        result = generate_ids(model, [prompt.tolist()], cfg, cuda_graph=True)
+        eager.append(generate_ids(model, [prompt.tolist()], cfg, engine="native").decode_tokens_per_s)
+        result = generate_ids(model, [prompt.tolist()], cfg, engine="cuda-graph")
         graph.append(result.decode_tokens_per_s)
         capture.append(result.graph_seconds)
 
@@ -335,13 +339,13 @@ def run_gpu(prompt_tokens: int, decode_tokens: int, layers: int, rounds: int) ->
     step_gpu_s = replay_seconds(decoder.graph, 32)
     int4_s = int4_products_seconds(model)
     copy_bw, read_bw = copy_bandwidth(device), read_bandwidth(device, gigabytes=2.0)
-    # The bandwidth ceiling as FACTS.md states it (~4.3 TB/s measured device copy, counting read + write bytes,
-    # -> ~700 tokens/s): HBM sustains about that rate for pure reads too.
+    # The bandwidth ceiling as docs/facts.md#bandwidth states it (~4.3 TB/s measured device copy, counting read +
+    # write bytes, -> ~630 tokens/s): HBM sustains about that rate for pure reads too.
     ceiling = copy_bw / bytes_per_token
     decode = statistics.median(graph)
     return {
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-        "driver": driver_version(), "layers": layers, "backend": ops.backend("cuda"),
+        "driver": driver_version(), "layers": layers, "backend": ops.awq_backend("cuda"),
         "bytes_read_per_token": bytes_per_token, "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens,
         "prefill_tokens_per_s": prompt_tokens / statistics.median(prefill),
         "decode_tokens_per_s": decode, "decode_tokens_per_s_rounds": graph,
@@ -386,7 +390,7 @@ def print_gpu(g: dict) -> None:
 def machine() -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "backend_cpu": ops.backend("cpu")}
+            "backend_cpu": ops.awq_backend("cpu")}
 
 
 def print_real(r: dict) -> None:

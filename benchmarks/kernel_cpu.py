@@ -149,7 +149,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if ops.backend("cpu") != "cpu":
+    if ops.awq_backend("cpu") != "cpu":
         sys.exit(f"no compiled CPU awq_gemm kernel: {ops.build_info()}")
 
     shapes, rows = (QUICK_SHAPES, QUICK_ROWS) if args.quick else (SHAPES, ROWS)

@@ -31,6 +31,10 @@ def cmd_info(args) -> int:
     for op, devices in info["kernels"].items():
         print(f"{'kernel ' + op:<22}{', '.join(devices) or '-'}")
     print(f"awq_gemm backend      cpu: {info['awq_backend']['cpu']}, cuda: {info['awq_backend']['cuda']}")
+    from minimoe import engines
+
+    print(f"engine                {engines.default_name()}: cpu runs {engines.resolve(None, 'cpu')}, "
+          f"cuda runs {engines.resolve(None, 'cuda') if engines.default_name() != 'cuda-graph' else 'cuda-graph'}")
     if info["cpu_isa"]:
         amx = ", bf16 prefill on AMX" if info["cpu_amx"] else ""
         print(f"CPU kernels           {info['cpu_isa']}{amx}")
@@ -101,7 +105,8 @@ def load(args):
     if not args.model:
         print("minimoe: using the built-in default model (random weights: its output is gibberish by design)",
               file=sys.stderr)
-    model = minimoe.load_model(path, dtype=dtype, device=device, progress=ProgressBar(f"loading {path}"))
+    model = minimoe.load_model(path, dtype=dtype, device=device, progress=ProgressBar(f"loading {path}"),
+                               engine=args.engine)
     tokenizer = minimoe.load_tokenizer(path)
     return model, tokenizer
 
@@ -135,14 +140,13 @@ def cmd_generate(args) -> int:
         sys.stdout.flush()
 
     sys.stdout.write(args.prompt)
-    result = generate(model, tokenizer, args.prompt, sampling_from(args), on_token=stream,
-                      cuda_graph=False if args.no_cuda_graph else None, compile=args.compile)
+    result = generate(model, tokenizer, args.prompt, sampling_from(args), on_token=stream)
     sys.stdout.write("\n")
-    kind = "torch.compile, compiled" if args.compile else "CUDA graph, captured"
+    kind = "torch.compile, compiled" if model.engine == "compile" else "CUDA graph, captured"
     graph = f" ({kind} in {result.graph_seconds * 1e3:.0f} ms)" if result.graph_seconds else ""
     print(f"[{len(result.tokens[0])} tokens, {result.finish_reasons[0]}; prefill {result.prompt_tokens[0]} tokens "
           f"at {result.prefill_tokens_per_s:.1f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s{graph}; "
-          f"int4 backend {ops.awq_backend(model.device)}; peak memory {peak_memory(model.device)}]", file=sys.stderr)
+          f"engine {model.engine}, int4 kernel {ops.awq_backend(model.device)}; peak memory {peak_memory(model.device)}]", file=sys.stderr)
     return 0
 
 
@@ -196,8 +200,7 @@ def cmd_chat(args) -> int:
         cfg.stop = tuple(cfg.stop) + stops
         sys.stdout.write("assistant> ")
         result = generate(model, tokenizer, prompt, cfg,
-                          on_token=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()),
-                          cuda_graph=False if args.no_cuda_graph else None, compile=args.compile)
+                          on_token=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()))
         sys.stdout.write("\n")
         sys.stdout.flush()
         messages.append({"role": "assistant", "content": result.texts[0].strip()})
@@ -287,6 +290,9 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+ENGINE_NAMES = ("reference", "native", "compile", "cuda-graph", "auto")  # minimoe.engines.NAMES
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimoe", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -299,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
         p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                        help="activation dtype (default: the checkpoint's)")
+        p.add_argument("--engine", choices=list(ENGINE_NAMES), default=None,
+                       help="what runs model.py: reference (the Python as written), native (C++/CUDA fast "
+                            "paths), compile (torch.compile of the decode step), cuda-graph (GPU), auto (default, "
+                            "or $MINIMOE_ENGINE: the fastest for the device)")
 
     def sampling_options(p):
         p.add_argument("--max-new-tokens", type=int, default=64)
@@ -308,13 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--repetition-penalty", type=float, default=1.0)
         p.add_argument("--seed", type=int, default=None)
         p.add_argument("--stop", action="append", help="a stop string (repeatable)")
-        p.add_argument("--no-cuda-graph", action="store_true",
-                       help="on a GPU, launch every decode step's kernels from Python instead of replaying a "
-                            "captured CUDA graph (slower; for debugging)")
-        p.add_argument("--compile", action="store_true",
-                       help="on the CPU, run the decode steps through torch.compile, after a compilation of "
-                            "tens of seconds (the first generation of a session); rarely faster now that a decode "
-                            "step runs each layer in one C++ call (ops.decode_layer)")
 
     generate = sub.add_parser("generate", help="generate a continuation of a prompt")
     generate.add_argument("prompt")

@@ -41,7 +41,7 @@ TINY_CONFIG: dict[str, Any] = dict(
     group_size=32,
 )
 
-# Confinus-2x7B(-AWQ): two Mistral-7B experts, top-2 routing, G = 128 (../shared/FACTS.md).
+# Confinus-2x7B(-AWQ): two Mistral-7B experts, top-2 routing, G = 128 (docs/facts.md#confinus-2x7b).
 CONFINUS_SHAPE: dict[str, Any] = dict(
     vocab_size=32000,
     hidden_size=4096,

@@ -131,7 +131,7 @@ def awq_word_figure(path: str) -> None:
 # 2. Routing heatmap from a tiny checkpoint
 # ---------------------------------------------------------------------------------------------------------------
 def routing_heatmap_figure(path: str) -> None:
-    from minimoe.model import load_model
+    from minimoe.loading import load_model
     from minimoe.testing import make_tiny_checkpoint
 
     text = "the cat sat on the mat."

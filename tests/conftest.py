@@ -1,4 +1,8 @@
-"""Shared test configuration: Hypothesis profiles, the `cuda` marker, a tiny fp32 model.
+"""Shared test configuration: Hypothesis profiles, the `cuda` marker, the --engine option, a tiny fp32 model.
+
+--engine NAME (pytest --engine reference, for instance): every model the tests load is run by that engine
+(it sets $MINIMOE_ENGINE, load_model's default), so an instructor can grade a student's model.py as written
+with `pytest --engine reference`, or check that the fast engines still agree with it.
 
 Profiles (choose with MINIMOE_HYPOTHESIS_PROFILE):
     ci        (default) a bounded number of examples per property, so `make test` fits ~20 min on 2 cores
@@ -25,6 +29,18 @@ settings.register_profile("thorough", max_examples=500, deadline=None, print_blo
 settings.load_profile(os.environ.get("MINIMOE_HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--engine", default=None,
+                     choices=["reference", "native", "compile", "cuda-graph", "auto"],
+                     help="the engine every loaded model runs with (sets $MINIMOE_ENGINE; default: auto)")
+
+
+def pytest_configure(config):
+    engine = config.getoption("--engine")
+    if engine:
+        os.environ["MINIMOE_ENGINE"] = engine
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from minimoe import awq
 
-# The order table, typed in again from FACTS.md rather than imported, so a wrong table in awq.py fails here:
+# The order table, typed in again from docs/facts.md#awq-packing-order rather than imported, so a wrong table in awq.py fails here:
 # nibble i of a word (bits 4i..4i+3) holds output channel 8c + AWQ_ORDER[i].
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
@@ -208,7 +208,7 @@ def test_quantize_error_within_half_step(N, G, groups, seed, dtype, one_group):
 
 
 def naive_quantize(weight, G):
-    """The FACTS.md formulas one (channel, group) at a time, in fp32, against the fp16-rounded scale."""
+    """The docs/facts.md#awq-zero-point formulas one (channel, group) at a time, in fp32, against the fp16-rounded scale."""
     N, K = weight.shape
     codes = torch.zeros(K, N, dtype=torch.int64)
     zeros = torch.zeros(K // G, N, dtype=torch.int64)

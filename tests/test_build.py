@@ -100,13 +100,14 @@ def test_fake_impl_traces_under_torch_compile_shapes():
 
 
 def test_backend_names_the_kernel_in_use():
-    assert ops.backend("cpu") in ("cpu", "reference")
+    assert ops.awq_backend("cpu") in ("cpu", "reference")
     if "cpu" in ops.build_info()["kernels"].get("awq_gemm", []):
-        assert ops.backend("cpu") == "cpu"
-    with ops.reference_only():
-        assert ops.backend("cpu") == "reference"
+        assert ops.awq_backend("cpu") == "cpu"
+    kernels = ops.kernels("cpu")
+    assert kernels["awq_gemm"] == (ops.awq_backend("cpu") == "cpu")
+    assert kernels == {op: "cpu" in ops.build_info()["kernels"].get(op, []) for op in kernels}
     if not torch.cuda.is_available() and not ops.build_info()["cuda_compiled"]:
-        assert ops.backend("cuda") == "reference"
+        assert ops.awq_backend("cuda") == "reference"
 
 
 def test_package_works_without_the_extension():
@@ -125,9 +126,16 @@ def test_package_works_without_the_extension():
         "assert sum('native extension not loaded' in str(w.message) for w in caught) == 1, caught\n"
         "info = ops.build_info()\n"
         "assert not info['extension_loaded'] and 'simulated' in info['import_error'], info\n"
-        "assert ops.backend('cpu') == 'reference' and ops.backend('cuda') == 'reference'\n"
+        "assert ops.awq_backend('cpu') == 'reference' and ops.awq_backend('cuda') == 'reference'\n"
         "packed = torch.randint(-2**31, 2**31 - 1, (3, 2), dtype=torch.int32)\n"
         "assert ops.awq_unpack(packed).shape == (3, 16)\n"
+        "import tempfile, minimoe\n"
+        "from minimoe.testing import make_tiny_checkpoint\n"
+        "path = make_tiny_checkpoint(tempfile.mkdtemp(), quantized=True)\n"
+        "ids = torch.randint(0, 256, (2, 5))\n"
+        "fast, ref = minimoe.load_model(path, dtype=torch.float32), minimoe.load_model(path, dtype=torch.float32, engine='reference')\n"
+        "assert fast.engine == 'native' and 'kernel=reference' in str(fast), str(fast)[:2000]\n"
+        "torch.testing.assert_close(fast(ids), ref(ids), rtol=0, atol=1e-5)\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -38,14 +38,22 @@ def test_generate_default_model_offline():
     assert "tok/s" in result.stderr and "peak memory" in result.stderr
 
 
-def test_generate_from_a_checkpoint_directory_matches_the_library(tiny_dir):
-    # --no-cuda-graph is accepted on the CPU too, where there is no graph to leave out
-    result = run("generate", "--model", tiny_dir, "Hello world", "--max-new-tokens", "10", "--no-cuda-graph")
+@pytest.mark.parametrize("engine", ["reference", "native", "auto"])
+def test_generate_from_a_checkpoint_directory_matches_the_library(tiny_dir, engine):
+    result = run("generate", "--model", tiny_dir, "Hello world", "--max-new-tokens", "10", "--engine", engine)
     assert result.returncode == 0, result.stderr
-    model = minimoe.load_model(tiny_dir)
+    model = minimoe.load_model(tiny_dir, engine="reference")
     tokenizer = minimoe.load_tokenizer(tiny_dir)
     expected = minimoe.generate.generate(model, tokenizer, "Hello world", max_new_tokens=10).texts[0]
     assert result.stdout == "Hello world" + expected + "\n"
+    assert f"engine {engine if engine != 'auto' else 'native'}," in result.stderr  # says what ran
+
+
+def test_cli_engine_names_are_the_library_s():
+    from minimoe import engines
+    from minimoe.cli import ENGINE_NAMES
+
+    assert ENGINE_NAMES == engines.NAMES
 
 
 @pytest.mark.cuda
@@ -54,10 +62,10 @@ def test_generate_on_the_gpu_with_and_without_the_cuda_graph(tiny_dir):
     graphed = run("generate", "--model", tiny_dir, "--device", "cuda", "--dtype", "float32", "Hello world",
                   "--max-new-tokens", "12")
     eager = run("generate", "--model", tiny_dir, "--device", "cuda", "--dtype", "float32", "Hello world",
-                "--max-new-tokens", "12", "--no-cuda-graph")
+                "--max-new-tokens", "12", "--engine", "native")
     assert graphed.returncode == 0 and eager.returncode == 0, graphed.stderr + eager.stderr
     assert "CUDA graph" in graphed.stderr and "CUDA graph" not in eager.stderr
-    assert "int4 backend cuda" in graphed.stderr
+    assert "engine cuda-graph, int4 kernel cuda" in graphed.stderr
     assert graphed.stdout == eager.stdout and len(graphed.stdout) > len("Hello world\n")
 
 

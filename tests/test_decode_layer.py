@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minimoe
-from minimoe import ops
+from minimoe import engines, ops
 from minimoe.linear import Linear
-from minimoe.model import KVCache
+from minimoe.cache import KVCache
 from minimoe.testing import make_tiny_checkpoint
 from tests.conftest import left_padded
 
@@ -129,8 +129,11 @@ def test_used_for_decode_steps_only_and_where_every_linear_has_one_form(tmp_path
     model(torch.tensor([[4]]), cache=cache)
     assert calls == [(1, 1, model.config.hidden_size)] * model.config.num_hidden_layers
     model(torch.tensor([[4]]))                                # no cache: the PyTorch code
-    with ops.reference_only():                                # kernels switched off: the PyTorch code
+    engines.use(model, "reference")                          # the reference engine: the PyTorch code
+    try:
         model(torch.tensor([[5]]), cache=cache)
+    finally:
+        engines.use(model, "native")
     assert len(calls) == model.config.num_hidden_layers
 
     calls.clear()

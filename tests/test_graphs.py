@@ -1,4 +1,4 @@
-"""The graph-ready decode step (StaticKVCache + Transformer.decode_step) and the CUDA graph decoder.
+"""The fixed-shape decode step (Transformer.forward over a StaticKVCache) and its decoders (CUDA graph, compile).
 
 The reference is the model's ordinary forward with its growing KVCache, itself checked against transformers in
 test_model.py. The static step must give the same logits for every step: it reads all `capacity` cache slots
@@ -11,7 +11,7 @@ import torch
 
 import minimoe
 from minimoe.generate import SamplingConfig, generate_ids
-from minimoe.model import StaticKVCache
+from minimoe.cache import StaticKVCache
 from minimoe.testing import make_tiny_checkpoint
 from tests.conftest import left_padded
 
@@ -27,7 +27,7 @@ def decode_both_ways(model, prompts, steps, capacity, device="cpu"):
     ordinary, stepped = [], []
     for _ in range(steps):
         ordinary.append(model(token[:, None], cache=cache, last_token_only=True)[:, -1])
-        stepped.append(model.decode_step(token[:, None], static)[:, -1])
+        stepped.append(model(token[:, None], cache=static)[:, -1])
         token = ordinary[-1].argmax(-1)
     return torch.stack(ordinary), torch.stack(stepped), static
 
@@ -63,18 +63,19 @@ def test_static_cache_bad_sizes_are_clear_errors(fp32_model):
 
 
 def test_graph_decoder_refuses_a_cpu_model(fp32_model):
-    from minimoe.graphs import GraphDecoder
+    from minimoe.engines.decoders import GraphDecoder
 
     with pytest.raises(ValueError, match="CUDA device, found it on cpu"):
         GraphDecoder(fp32_model, 1, 8)
-    with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
-        generate_ids(fp32_model, [[1, 2]], SamplingConfig(max_new_tokens=3), cuda_graph=True)
+    with pytest.raises(ValueError, match="engine 'cuda-graph' needs the model on a CUDA device"):
+        generate_ids(fp32_model, [[1, 2]], SamplingConfig(max_new_tokens=3), engine="cuda-graph")
+    assert fp32_model.engine != "cuda-graph"
 
 
 def test_decoder_bookkeeping_without_a_graph(fp32_model):
     # GraphDecoder(graph=False) runs the very steps a graph would replay, eagerly: start from a prefilled cache,
     # feed tokens from outside inference mode (as generate_ids does), stop at the capacity.
-    from minimoe.graphs import GraphDecoder
+    from minimoe.engines.decoders import GraphDecoder
 
     ids, mask = left_padded([[4, 8, 15, 16], [23, 42]])
     cache = fp32_model.new_cache()
@@ -91,21 +92,21 @@ def test_decoder_bookkeeping_without_a_graph(fp32_model):
         GraphDecoder(fp32_model, 2, capacity=9, graph=False).step(torch.tensor([1, 2, 3]))
 
 
-def test_a_failed_capture_falls_back_to_eager_decoding_unless_insisted(fp32_model, monkeypatch):
-    # The default (cuda_graph=None) must never make generation fail where eager decoding works: a capture that
-    # this torch or driver refuses gives a warning and the same tokens. Simulated on the CPU: the default is
-    # told to want a graph, and the decoder's construction raises as a refused capture does.
-    from minimoe import generate as generate_module
-    from minimoe import graphs
+def test_a_failed_capture_falls_back_to_eager_decoding(fp32_model, monkeypatch):
+    # The cuda-graph engine must never make generation fail where eager decoding works: a capture that this
+    # torch or driver refuses gives a warning and the same tokens. Simulated on the CPU: the engine is told to
+    # want a graph, and the decoder's construction raises as a refused capture does.
+    from minimoe import engines
+    from minimoe.engines import decoders
 
     cfg = SamplingConfig(max_new_tokens=6, stop_on_eos=False)
-    eager = generate_ids(fp32_model, [[5, 6, 7]], cfg, cuda_graph=False)
+    eager = generate_ids(fp32_model, [[5, 6, 7]], cfg)
 
     def refused(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(generate_module, "_graph_by_default", lambda device, budget: True)
-    monkeypatch.setattr(graphs, "GraphDecoder", refused)
+    monkeypatch.setattr(engines, "decode_mode", lambda model: "cuda-graph")
+    monkeypatch.setattr(decoders, "GraphDecoder", refused)
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*not permitted when stream is capturing"):
         fallback = generate_ids(fp32_model, [[5, 6, 7]], cfg)
     assert fallback.tokens == eager.tokens and fallback.graph_seconds == 0
@@ -117,8 +118,8 @@ def test_a_failed_capture_falls_back_to_eager_decoding_unless_insisted(fp32_mode
 def test_compiled_decode_steps_equal_the_ordinary_cache_and_generation(tmp_path):
     # One compilation (same batch and capacity throughout): the compiled static step against the ordinary
     # forward step by step, on an AWQ model (the C++ int4 kernels inside the compiled step) with a padded batch,
-    # then generate_ids(compile=True) against eager generation, token for token.
-    from minimoe.graphs import CompiledDecoder
+    # then generate_ids(engine="compile") against eager generation, token for token.
+    from minimoe.engines.decoders import CompiledDecoder
 
     path = make_tiny_checkpoint(tmp_path, quantized=True, seed=8, dtype="float32", sliding_window=6)
     model = minimoe.load_model(path, dtype=torch.float32)
@@ -136,22 +137,10 @@ def test_compiled_decode_steps_equal_the_ordinary_cache_and_generation(tmp_path)
         token = expected.argmax(-1)
 
     cfg = SamplingConfig(max_new_tokens=10, stop_on_eos=False)  # capacity bucket: 5 + 10 -> 64, as above
-    eager = generate_ids(model, prompts, cfg)
-    compiled = generate_ids(model, prompts, cfg, compile=True)
+    eager = generate_ids(model, prompts, cfg, engine="native")
+    compiled = generate_ids(model, prompts, cfg, engine="compile")
     assert compiled.tokens == eager.tokens
     assert compiled.graph_seconds > 0 and compiled.decode_steps == eager.decode_steps
-
-
-def test_compile_is_for_the_cpu(fp32_model):
-    from minimoe.graphs import CompiledDecoder
-    from minimoe.model import Transformer
-
-    with torch.device("meta"):
-        elsewhere = Transformer(fp32_model.config, dtype=torch.float32)
-    with pytest.raises(ValueError, match="compiled decode step is for the CPU, found the model on meta"):
-        CompiledDecoder(elsewhere, batch=1, capacity=8)
-    with pytest.raises(ValueError, match="compile=True runs the decode steps through torch.compile on the CPU"):
-        generate_ids(elsewhere, [[1, 2]], SamplingConfig(max_new_tokens=3), compile=True)
 
 
 def test_capacity_buckets():
@@ -190,8 +179,8 @@ def test_cuda_graph_generation_equals_eager_generation(cuda_checkpoint):
     model = minimoe.load_model(cuda_checkpoint, dtype=torch.float32, device="cuda")
     prompts = [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3]]
     cfg = SamplingConfig(max_new_tokens=12, stop_on_eos=False)
-    eager = generate_ids(model, prompts, cfg, cuda_graph=False)
-    graphed = generate_ids(model, prompts, cfg, cuda_graph=True)
+    eager = generate_ids(model, prompts, cfg, engine="native")
+    graphed = generate_ids(model, prompts, cfg, engine="cuda-graph")
     assert graphed.graph_seconds > 0 and eager.graph_seconds == 0
     assert graphed.tokens == eager.tokens
 
@@ -200,7 +189,7 @@ def test_cuda_graph_generation_equals_eager_generation(cuda_checkpoint):
 def test_cuda_graph_replays_follow_the_fed_tokens(cuda_awq_model):
     # Logits of each replay against the ordinary forward fed the same tokens: the graph really reads its input
     # tensor and really advances its cache (a graph stuck on its capture-time state would fail from step 2).
-    from minimoe.graphs import GraphDecoder
+    from minimoe.engines.decoders import GraphDecoder
 
     ids = torch.tensor([[8, 6, 7, 5, 3]], device="cuda")
     cache = cuda_awq_model.new_cache()

@@ -110,12 +110,11 @@ def test_checks_arguments(args, message):
 def test_model_keeps_fp16_tables_and_matches_converted_model(tmp_path, dtype, tied):
     path = make_tiny_checkpoint(tmp_path / "ckpt", dtype="float16", tie_word_embeddings=tied)
     model = minimoe.load_model(path, dtype=dtype)
-    with ops.reference_only():  # no linear_stored kernel: the loader converts the lm_head, as it used to
-        converted = minimoe.load_model(path, dtype=dtype)
+    converted = minimoe.load_model(path, dtype=dtype)  # then the table and the lm_head converted by hand
     table = converted.model.embed_tokens
-    table.weight = torch.nn.Parameter(table.weight.to(dtype), requires_grad=False)  # and the table, by hand
-    if tied:
-        converted.lm_head.weight = table.weight
+    table.weight = torch.nn.Parameter(table.weight.to(dtype), requires_grad=False)
+    converted.lm_head.weight = (table.weight if tied else
+                                torch.nn.Parameter(converted.lm_head.weight.to(dtype), requires_grad=False))
     assert converted.lm_head.weight.dtype == dtype
     kernel = ops.can_keep_stored("cpu", dtype, torch.float16)
     assert model.lm_head.weight.dtype == (torch.float16 if kernel else dtype)
@@ -130,10 +129,15 @@ def test_model_keeps_fp16_tables_and_matches_converted_model(tmp_path, dtype, ti
     torch.testing.assert_close(got, want, **tolerance)
 
 
-def test_stored_weight_without_kernel_falls_back_to_conversion():
+def test_stored_weight_with_the_kernel_off_is_the_conversion():
+    from minimoe.linear import Linear
+
     x = torch.randn(3, 16)
-    w = torch.randn(5, 16).half()
-    with ops.reference_only():
-        y = ops.linear_stored(x, w)
-    torch.testing.assert_close(y, F.linear(x, w.float()), rtol=0, atol=0)
+    layer = Linear(16, 5, bias=True, dtype=torch.float16)
+    layer.weight.data, layer.bias.data = torch.randn(5, 16).half(), torch.randn(5).half()
+    layer.kernel = False  # what the reference engine sets
+    want = F.linear(x, layer.weight.float(), layer.bias.float())
+    torch.testing.assert_close(layer(x), want, rtol=0, atol=0)
+    layer.kernel = True
+    torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)  # the kernel: same sum, maybe another order
 

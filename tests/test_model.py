@@ -127,20 +127,16 @@ def dequantized_copy(model):
     return model
 
 
-@pytest.mark.parametrize("path", ["reference", "extension"])
-def test_awq_model_equals_its_dequantized_fp32_twin(awq_checkpoint, path):
-    if path == "extension" and ops.backend("cpu") != "cpu":
+@pytest.mark.parametrize("engine", ["reference", "native"])
+def test_awq_model_equals_its_dequantized_fp32_twin(awq_checkpoint, engine):
+    if engine == "native" and ops.awq_backend("cpu") != "cpu":
         pytest.skip("the C++ CPU kernel for awq_gemm is not built in this extension")
-    quantized = minimoe.load_model(awq_checkpoint, dtype=torch.float32)
-    twin = dequantized_copy(minimoe.load_model(awq_checkpoint, dtype=torch.float32))
-    assert any(isinstance(m, AWQLinear) for m in quantized.modules())
+    quantized = minimoe.load_model(awq_checkpoint, dtype=torch.float32, engine=engine)
+    twin = dequantized_copy(minimoe.load_model(awq_checkpoint, dtype=torch.float32, engine="reference"))
+    awq_layers = [m for m in quantized.modules() if isinstance(m, AWQLinear)]
+    assert awq_layers and all(m.kernel == (engine != "reference") for m in awq_layers)
     ids = torch.randint(0, 256, (3, 13))
-    if path == "reference":
-        with ops.reference_only():
-            ours = quantized(ids)
-    else:
-        ours = quantized(ids)
-    assert_logits_close(ours, twin(ids))
+    assert_logits_close(quantized(ids), twin(ids))
 
 
 def test_awq_load_keeps_packed_int32_weights(awq_checkpoint):
@@ -230,9 +226,9 @@ def test_model_on_the_gpu_close_to_fp32_on_the_cpu(tmp_path_factory, dtype, tol)
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_decode_steps_match_the_full_sequence(tmp_path_factory, dtype):
-    # On the CPU a half-precision decode step (T = 1) takes the attention matmuls through fp32 with one rounding;
-    # the full sequence uses torch's half matmul. Same values up to summation order: the logits agree to a few
-    # ulps of the dtype, relative to their scale.
+    # Under the default engine a half-precision decode step on the CPU runs the fused decode attention (fp32
+    # inside, one rounding); the full sequence uses torch's half matmul. Same values up to summation order: the
+    # logits agree to a few ulps of the dtype, relative to their scale.
     path = make_tiny_checkpoint(tmp_path_factory.mktemp("halfcache"), quantized=True, seed=9)
     model = minimoe.load_model(path, dtype=dtype)
     ids = torch.randint(0, 256, (2, 10), generator=torch.Generator().manual_seed(2))

@@ -30,7 +30,7 @@ from minimoe.tokenizer import (
     load_tokenizer,
 )
 
-MISTRAL_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"  # ../shared/FACTS.md
+MISTRAL_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"  # docs/facts.md#tokenizer
 
 # A moderate number of Hypothesis examples for the cheap parity properties (each example takes ~1 ms); the
 # profile from conftest.py still wins when it asks for more.

@@ -23,7 +23,8 @@
 import torch
 
 from minimoe.config import ModelConfig
-from minimoe.model import Attention, KVCache, RotaryEmbedding, StaticKVCache
+from minimoe.cache import KVCache, StaticKVCache
+from minimoe.model import Attention, RotaryEmbedding
 
 torch.manual_seed(0)
 
@@ -135,7 +136,7 @@ for t in range(prefill, T):
     cos, sin = rotary(positions[:, t:t + 1], x.dtype)
     visible = (torch.arange(static.capacity) <= static.slot)[None, None, :].expand(B, 1, -1)  # slots written so far, and this one
     static_steps.append(attn(x[:, t:t + 1], cos, sin, visible, static))
-    static.slot += 1                          # Transformer.decode_step advances it (inside the graph)
+    static.slot += 1                          # the model's forward does this (static.commit()) after its layers
 torch.testing.assert_close(torch.cat(static_steps, dim=1), ours)
 print(f"StaticKVCache: same result; every step read all {static.keys[0].shape[2]} slots (the unwritten ones masked)")
 

@@ -107,7 +107,7 @@ x = torch.randn(3, K)
 torch.testing.assert_close(x @ w_t, awq.awq_linear_reference(x, qweight, qzeros, scales, G))
 torch.testing.assert_close(x @ w_t, ops.awq_gemm(x, qweight, qzeros, scales, G), rtol=1e-5, atol=1e-5)
 print(f"dequantize and awq_linear_reference agree with the hand version; ops.awq_gemm runs on"
-      f" '{ops.backend('cpu')}' and agrees too")
+      f" '{ops.awq_backend('cpu')}' and agrees too")
 
 # %% [markdown]
 # ## What to look at: the error, and the bits per weight

@@ -80,7 +80,7 @@ reference = awq.awq_linear_reference(x[None], qweight, qzeros, scales, G)[0]
 compiled = ops.awq_gemm(x[None], qweight, qzeros, scales, G)[0]
 torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
 torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-4)
-print(f"group-at-a-time GEMV == reference == ops.awq_gemm (backend on this machine: '{ops.backend('cpu')}')")
+print(f"group-at-a-time GEMV == reference == ops.awq_gemm (backend on this machine: '{ops.awq_backend('cpu')}')")
 
 # %% [markdown]
 # ## Timing, and what the memory allows
@@ -156,7 +156,7 @@ experts = c["num_local_experts"] * (2 * awq_bytes(C, I) + awq_bytes(I, C))
 small = c["num_local_experts"] * C * 2 + 2 * C * 2                     # router and the two norms, fp16
 per_token = L * (attention + experts + small) + C * 2 + C * 2 + V * C * 2   # + embedding row, final norm, lm_head
 print(f"bytes read per decoded token: {per_token / 1e9:.2f} GB")
-assert abs(per_token / 1e9 - 6.8) < 0.1                                 # FACTS.md: "about 6.8 GB"
+assert abs(per_token / 1e9 - 6.8) < 0.1                                 # docs/facts.md#bandwidth: "about 6.8 GB"
 print(f"floor on this machine: {per_token / bandwidth:.2f} s per token = {bandwidth / per_token:.1f} tokens/s"
       " (an upper bound from bandwidth alone, not a measurement)")
 for name, bw in (("H200 datasheet 4.8 TB/s", 4.8e12), ("H200 measured device copy ~4.3 TB/s", 4.3e12)):

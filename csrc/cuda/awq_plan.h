@@ -17,7 +17,7 @@
 // the GEMV keeps M_TILE x 8 x WORDS fp32 accumulators per thread, so beyond 8 rows it must re-read the weights
 // once per 8 rows; the tensor-core kernel reads them once per 128 rows but wastes (128 - M)/128 of its mma work
 // and launches only ceil(N / 128) blocks when M <= 128. Published kernels cross over around batch 4..16 for
-// the plain AWQ GEMM kernel (FACTS.md); 8 is where our GEMV's register budget ends.
+// the plain AWQ GEMM kernel (docs/facts.md#kernel-strategies); 8 is where our GEMV's register budget ends.
 #pragma once
 
 #include <cstdint>

@@ -1,8 +1,9 @@
 // 00_dequant_cublas: the baseline every other variant races - dequantize all of W^T to fp16/bf16 in global
 // memory, then one cuBLAS GEMM.
 //
-// What it is: the "AutoAWQ / vLLM above 256-1024 tokens" strategy (FACTS.md). Kernel 1 writes W^T [K, N] in
-// x's dtype (K*N*2 bytes: 4x the packed weights), kernel 2 is cublasGemmEx with fp32 accumulation.
+// What it is: the "AutoAWQ / vLLM above 256-1024 tokens" strategy (docs/facts.md#kernel-strategies). Kernel 1
+// writes W^T [K, N] in x's dtype (K*N*2 bytes: 4x the packed weights), kernel 2 is cublasGemmEx with fp32
+// accumulation.
 // What it teaches: at large M the dequantization pass is a fixed cost amortised over M rows and cuBLAS is
 // hard to beat; at M = 1 it reads the packed weights, writes 4x as much, and reads that again: at least 9x the
 // bytes of a fused GEMV. Needs libcublas at link time (the harness passes it).

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 import warnings
 
 import torch
@@ -175,9 +176,18 @@ class CompiledDecoder(GraphDecoder):
 
 
 def compiled_decode_step(model):
-    """torch.compile of one decode step, `model(ids, cache=static_cache)` (made once per model, kept on it)."""
-    step = model.__dict__.get("_compiled_decode_step")
-    if step is None:
-        step = torch.compile(functools.partial(_step, model), dynamic=False)
-        model.__dict__["_compiled_decode_step"] = step
+    """torch.compile of one decode step, `model(ids, cache=static_cache)`: made once per model and per version
+    of its Python (kept on the model), so later generations with the same shapes start at once.
+
+    torch.compile keeps what it compiled per code object, guarded on the tensors and modules it saw but not on
+    the code of the functions it inlined: a reference function edited between two generations would silently
+    keep running the old compiled code. So each version of the Python (`_code_snapshot`) gets its own copy of
+    `_step`'s code object, whose compile cache starts empty."""
+    code = _code_snapshot()
+    cached = model.__dict__.get("_compiled_decode_step")
+    if cached is not None and cached[0] == code:
+        return cached[1]
+    fresh = types.FunctionType(_step.__code__.replace(), _step.__globals__, _step.__name__)
+    step = torch.compile(functools.partial(fresh, model), dynamic=False)
+    model.__dict__["_compiled_decode_step"] = (code, step)
     return step
