@@ -2,7 +2,7 @@
 
 Mistral-7B (and so Confinus-2x7B) ships its tokenizer as `tokenizer.model`: a SentencePiece BPE model with
 32000 pieces, byte fallback and a dummy prefix space. This module reads that file and runs the same algorithm
-as the reference C++ library, in five parts that read top to bottom:
+as the reference C++ library, in six parts that read top to bottom:
 
     1. the protobuf wire format      a 40-line reader for the file (no protobuf package needed)
     2. the model                     pieces, scores, types and the normaliser's three switches

@@ -7,10 +7,12 @@
 // megabytes of weights through the caches. Here the same calls run in one C++ function: a mid-size token took
 // 10-15% less time (interleaved A/B, docs/kernels-cpu.md).
 //
-// It is not a second implementation. Every step below is the torch op, or the minimoe op, that the PyTorch code in
-// minimoe/model.py calls at that point (DecoderLayer -> RMSNorm -> Attention -> SparseMoeBlock / MLP), with the
-// same arguments in the same order, so the result is the same bit for bit; tests/test_decode_layer.py checks
-// exactly that. The model calls it only where it applies (DecoderLayer._decode_weights): a single-token step
+// It is a second implementation of the reference's decode step, kept a faithful one: every step below is the torch
+// op, or the minimoe op, that the PyTorch code in minimoe/model.py calls at that point (DecoderLayer -> RMSNorm ->
+// Attention -> SparseMoeBlock / MLP), with the same arguments in the same order, so the result is the same bit for
+// bit; tests/test_decode_layer.py checks exactly that. Because it is a copy, the native engine runs it only while
+// the mirrored Python is unchanged (fingerprints, minimoe/engines/mirror.py), and only where it applies
+// (NativeDecoderLayer._decode_weights): a single-token step
 // through a KVCache, on the CPU, every linear layer of the layer without a bias and either all AWQ int4 or all
 // plain weights in the activations' dtype; anywhere else the Python runs.
 #include <torch/extension.h>
