@@ -29,7 +29,7 @@ def cmd_info(args) -> int:
     print(f"extension loaded      {info['extension_loaded']}" + (f"  ({info['import_error']})" if info["import_error"] else ""))
     print(f"CUDA compiled         {info['cuda_compiled']}  archs: {', '.join(info['cuda_archs']) or '-'}")
     for op, devices in info["kernels"].items():
-        print(f"{'kernel ' + op:<22}{', '.join(devices) or '-'}")
+        print(f"{'kernel ' + op:<21} {', '.join(devices) or '-'}")
     print(f"awq_gemm backend      cpu: {info['awq_backend']['cpu']}, cuda: {info['awq_backend']['cuda']}")
     from minimoe import engines
 
