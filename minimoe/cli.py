@@ -3,6 +3,8 @@
     minimoe generate [--model DIR] "prompt"   stream a continuation (default: the built-in random model)
     minimoe chat [--model DIR]                an interactive loop (the checkpoint's chat template if it has one)
     minimoe route [--model DIR] "text"        which experts each token chose, per layer, with statistics
+    minimoe train --data DIR --out DIR        train a Mixtral from scratch on a folder of .txt documents
+    minimoe eval ppl --model DIR --text FILE  held-out perplexity (sliding window), with tokens/s
     minimoe inspect DIR   architecture, parameter counts, quantization, bytes on disk and read per token
     minimoe info          how the native extension was built and which backend runs the int4 op per device
 
@@ -290,6 +292,81 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import torch
+
+    from minimoe import train as T
+    from minimoe.config import ModelConfig
+    from minimoe.tokenizer import load_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer_dir = os.path.dirname(os.path.abspath(args.tokenizer)) if args.tokenizer else args.data
+    tokenizer = load_tokenizer(tokenizer_dir)
+    train_ids = T.encode_documents(tokenizer, T.read_documents(os.path.join(args.data, "train")))
+    val_dir = os.path.join(args.data, "val")
+    val_ids = T.encode_documents(tokenizer, T.read_documents(val_dir)) if os.path.isdir(val_dir) else None
+    config = ModelConfig(model_type="mixtral", vocab_size=tokenizer.vocab_size, hidden_size=args.hidden,
+                         intermediate_size=args.ffn, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.kv_heads, head_dim=args.hidden // args.heads, rms_norm_eps=1e-5,
+                         rope_theta=10000.0, max_position_embeddings=max(1024, args.seq_len),
+                         num_local_experts=args.experts, num_experts_per_tok=args.top_k)
+    cfg = T.TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                        min_lr=args.lr / 10, warmup=min(100, args.steps // 10), eval_every=args.eval_every,
+                        seed=args.seed)
+    model = T.new_model(config, seed=args.seed)
+    print(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+          f"{train_ids.numel()} tokens ({torch.get_num_threads()} threads)", file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "log.jsonl"), "w") as log:
+        T.train(model, train_ids, val_ids, cfg, on_log=lambda e: (log.write(json.dumps(e) + "\n"), log.flush()))
+    tokenizer_file = os.path.join(tokenizer_dir, "tokenizer.model")
+    T.save_checkpoint(model, args.out, tokenizer=tokenizer_file if os.path.exists(tokenizer_file) else None,
+                      group_size=args.awq_group)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_ppl(args) -> int:
+    import time
+
+    import torch
+
+    import minimoe
+    from minimoe.train import perplexity
+
+    path = args.model or DEFAULT_MODEL
+    model = minimoe.load_model(path, device=args.device, dtype=args.dtype, engine=args.engine)
+    tokenizer = minimoe.load_tokenizer(path)
+    with open(args.text, encoding="utf-8") as f:
+        ids = tokenizer.encode(f.read(), bos=True)
+    context = args.context or min(model.config.max_position_embeddings, 1024)
+    bar = None
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=len(ids) - 1, unit="tok", dynamic_ncols=True, file=sys.stderr)
+    except ImportError:
+        pass
+
+    def progress(done, total):
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        ppl, scored = perplexity(model, ids, context, args.stride, progress=progress)
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    result = {"model": path, "text": args.text, "perplexity": ppl, "tokens": scored, "context": context,
+              "stride": args.stride or context // 2, "tokens_per_s": scored / seconds, "engine": model.engine}
+    print(json.dumps(result, indent=1) if args.json else
+          f"perplexity {ppl:.3f} over {scored} tokens (context {context}, {scored / seconds:.0f} tok/s, "
+          f"engine {model.engine})")
+    return 0
+
+
 ENGINE_NAMES = ("reference", "native", "compile", "cuda-graph", "auto")  # minimoe.engines.NAMES
 
 
@@ -335,6 +412,36 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--json", action="store_true", help="print JSON instead of tables")
     route.add_argument("--max-tokens", type=int, default=64, help="rows shown in the per-token table")
     route.set_defaults(func=cmd_route)
+    train = sub.add_parser("train", help="train a Mixtral from scratch on a folder of documents")
+    train.add_argument("--data", required=True, help="a folder with train/*.txt (and val/*.txt) documents, and "
+                                                    "tokenizer.model unless --tokenizer")
+    train.add_argument("--tokenizer", help="a sentencepiece tokenizer.model (default: DATA/tokenizer.model)")
+    train.add_argument("--out", required=True, help="the checkpoint directory to write")
+    train.add_argument("--steps", type=int, default=1000)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--seq-len", type=int, default=256)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--hidden", type=int, default=256)
+    train.add_argument("--ffn", type=int, default=256, help="each expert's intermediate size")
+    train.add_argument("--layers", type=int, default=4)
+    train.add_argument("--heads", type=int, default=4)
+    train.add_argument("--kv-heads", type=int, default=2)
+    train.add_argument("--experts", type=int, default=4)
+    train.add_argument("--top-k", type=int, default=2)
+    train.add_argument("--eval-every", type=int, default=100)
+    train.add_argument("--awq-group", type=int, default=None, help="write AWQ int4 (RTN) with this group size")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None)
+    train.set_defaults(func=cmd_train)
+    evaluate = sub.add_parser("eval", help="evaluate a model")
+    eval_sub = evaluate.add_subparsers(dest="what", required=True)
+    ppl = eval_sub.add_parser("ppl", help="perplexity of a text file (sliding window)")
+    ppl.add_argument("--text", required=True, help="a UTF-8 text file")
+    ppl.add_argument("--context", type=int, default=None, help="window length (default: min(context, 1024))")
+    ppl.add_argument("--stride", type=int, default=None, help="window step (default: context / 2)")
+    ppl.add_argument("--json", action="store_true")
+    model_options(ppl)
+    ppl.set_defaults(func=cmd_eval_ppl)
     inspect = sub.add_parser("inspect", help="describe and validate a checkpoint directory")
     inspect.add_argument("model", help="checkpoint directory (config.json + *.safetensors)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
