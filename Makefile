@@ -1,7 +1,7 @@
 # minimoe - the two commands a reader needs are `make demo` and `make test`; both set everything up first.
 #
 #   make test              create/reuse .venv, install torch if missing, build + install minimoe, run the tests
-#   make demo              same setup, then run minimoe on its built-in default model
+#   make demo              same setup, then run minimoe on its built-in model (trained on Shakespeare)
 #   make test TORCH=2.14.1 pick the torch version (default: whatever pip resolves for "torch")
 #   make build             rebuild the native extension in place after editing csrc/ (incremental, ninja)
 #   make bench             run the benchmark scripts (tables + JSON under benchmarks/results/)
@@ -49,8 +49,8 @@ test: setup
 
 demo: setup
 	$(PY) -m minimoe info
-	$(PY) -m minimoe generate "Once upon a time" --max-new-tokens 24 --temperature 0.8 --seed 0
-	$(PY) -m minimoe route "The quick brown fox jumps over the lazy dog"
+	$(PY) -m minimoe generate "My lord, the king" --max-new-tokens 80 --temperature 0.8 --top-k 40 --seed 0
+	$(PY) -m minimoe route "Now is the winter of our discontent"
 
 bench: setup
 	$(PY) benchmarks/kernel_cpu.py

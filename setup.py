@@ -189,11 +189,12 @@ if __name__ == "__main__":
         python_requires=">=3.10",
         packages=find_packages(include=["minimoe", "minimoe.*"]),
         include_package_data=True,
-        package_data={"minimoe": ["default_model/*"]},
+        package_data={"minimoe": ["default_model/*", "default_model_fp16/*"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": build_ext},
         # jinja2: chat templates in tokenizer_config.json are Jinja (rendered sandboxed by `minimoe chat`).
-        install_requires=["torch>=2.4", "numpy", "safetensors>=0.4", "ninja", "pybind11", "jinja2"],
+        # tqdm: the progress bars of `minimoe train` and `minimoe eval ppl` (rates and time left, pure Python).
+        install_requires=["torch>=2.4", "numpy", "safetensors>=0.4", "ninja", "pybind11", "jinja2", "tqdm"],
         extras_require={
             # Reference implementations the tests compare against, and the test runners.
             "dev": [

@@ -26,6 +26,7 @@ _LAZY = {
     "testing": ("minimoe.testing", None),
     "tokenizer": ("minimoe.tokenizer", None),
     "generate": ("minimoe.generate", None),
+    "train": ("minimoe.train", None),
     "load_model": ("minimoe.loading", "load_model"),
     "load_tokenizer": ("minimoe.tokenizer", "load_tokenizer"),
 }

@@ -1,6 +1,6 @@
 """The `minimoe` command line (also `python -m minimoe`). Thin: parse arguments, call the library, print.
 
-    minimoe generate [--model DIR] "prompt"   stream a continuation (default: the built-in random model)
+    minimoe generate [--model DIR] "prompt"   stream a continuation (default: the built-in model)
     minimoe chat [--model DIR]                an interactive loop (the checkpoint's chat template if it has one)
     minimoe route [--model DIR] "text"        which experts each token chose, per layer, with statistics
     minimoe train --data DIR --out DIR        train a Mixtral from scratch on a folder of .txt documents
@@ -43,7 +43,8 @@ def cmd_info(args) -> int:
     return 0
 
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")            # AWQ int4
+DEFAULT_MODEL_FP16 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model_fp16")  # the same, fp16
 
 
 def resolve_device(name: str):
@@ -105,8 +106,8 @@ def load(args):
     if not os.path.isdir(path):
         raise ValueError(f"{path}: not a directory (expected a checkpoint directory with config.json)")
     if not args.model:
-        print("minimoe: using the built-in default model (random weights: its output is gibberish by design)",
-              file=sys.stderr)
+        print("minimoe: using the built-in model (a tiny Mixtral trained on Shakespeare, AWQ int4; "
+              "docs/training.md)", file=sys.stderr)
     model = minimoe.load_model(path, dtype=dtype, device=device, progress=ProgressBar(f"loading {path}"),
                                engine=args.engine)
     tokenizer = minimoe.load_tokenizer(path)
@@ -378,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=cmd_info)
     def model_options(p, device=True):
-        p.add_argument("--model", help="checkpoint directory (default: the built-in random-weight model)")
+        p.add_argument("--model", help="checkpoint directory (default: the built-in model, trained on Shakespeare)")
         p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
         p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                        help="activation dtype (default: the checkpoint's)")

