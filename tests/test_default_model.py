@@ -10,6 +10,8 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minimoe
 from minimoe import train as T
@@ -90,3 +92,24 @@ def test_tokenizer_is_sentencepiece_s():
     for t in texts:
         assert ours.encode(t, bos=False) == reference.encode(t), t[:40]
         assert ours.decode(reference.encode(t)) == reference.decode(reference.encode(t))
+
+
+@pytest.fixture(scope="module")
+def both_tokenizers():
+    spm = pytest.importorskip("sentencepiece", reason="sentencepiece is the reference implementation")
+    return (minimoe.load_tokenizer(DEFAULT_MODEL),
+            spm.SentencePieceProcessor(model_file=os.path.join(DEFAULT_MODEL, "tokenizer.model")))
+
+
+# Dense in what decides merges and byte fallback in this vocabulary: verse punctuation, capitals, newlines.
+PIECES = st.sampled_from(list(" \n\t.,;:!?'-[]ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789é日🙂")
+                         + ["the", "thou", "KING", "  ", "\n\n", "Enter", "o'er"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.lists(PIECES, max_size=30).map("".join)))
+def test_hypothesis_text_matches_sentencepiece(both_tokenizers, text):
+    ours, reference = both_tokenizers
+    ids = reference.encode(text)
+    assert ours.encode(text, bos=False) == ids
+    assert ours.decode(ids) == reference.decode(ids)
