@@ -5,6 +5,7 @@
     minimoe route [--model DIR] "text"        which experts each token chose, per layer, with statistics
     minimoe train --data DIR --out DIR        train a Mixtral from scratch on a folder of .txt documents
     minimoe eval ppl --model DIR --text FILE  held-out perplexity (sliding window), with tokens/s
+    minimoe quantize SRC DST --method rtn     an fp16 checkpoint -> AWQ int4 GEMM (AutoAWQ's layout)
     minimoe inspect DIR   architecture, parameter counts, quantization, bytes on disk and read per token
     minimoe info          how the native extension was built and which backend runs the int4 op per device
 
@@ -368,6 +369,27 @@ def cmd_eval_ppl(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from minimoe.quantize import quantize_checkpoint
+
+    bar = ProgressBar(f"quantizing {args.src}")
+    summary = quantize_checkpoint(args.src, args.dst, method=args.method, group_size=args.group_size,
+                                  progress=lambda name, done, total: bar(done, total))
+    errors = summary["layers"]
+    print(f"wrote {args.dst}: {len(errors)} linear layers, {args.method}, group size {args.group_size}, "
+          f"{summary['seconds']:.1f} s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    kinds: dict[str, list[float]] = {}
+    for prefix, row in errors.items():
+        kinds.setdefault(prefix.rsplit(".", 1)[-1], []).append(row["relative_error"])
+    print(f"{'linear':<10} {'layers':>6}  relative error ||W - Q(W)|| / ||W||: mean  max")
+    for kind, values in kinds.items():
+        print(f"{kind:<10} {len(values):>6}  {sum(values) / len(values):>37.4f}  {max(values):.4f}")
+    return 0
+
+
 ENGINE_NAMES = ("reference", "native", "compile", "cuda-graph", "auto")  # minimoe.engines.NAMES
 
 
@@ -443,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--json", action="store_true")
     model_options(ppl)
     ppl.set_defaults(func=cmd_eval_ppl)
+    quantize = sub.add_parser("quantize", help="quantize an fp16/bf16/fp32 checkpoint to AWQ int4 GEMM")
+    quantize.add_argument("src", help="the source checkpoint directory")
+    quantize.add_argument("dst", help="the new directory to write")
+    quantize.add_argument("--method", choices=["rtn"], default="rtn",
+                          help="rtn: round to nearest per group (the activation-aware search is not in yet)")
+    quantize.add_argument("--group-size", type=int, default=128)
+    quantize.add_argument("--json", action="store_true", help="print the summary as JSON")
+    quantize.set_defaults(func=cmd_quantize)
     inspect = sub.add_parser("inspect", help="describe and validate a checkpoint directory")
     inspect.add_argument("model", help="checkpoint directory (config.json + *.safetensors)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
