@@ -164,7 +164,7 @@ def linear_tensor_specs(prefix: str, out_features: int, in_features: int, quanti
     return {
         f"{prefix}.qweight": TensorSpec((in_features, out_features // 8), ("I32",)),
         f"{prefix}.qzeros": TensorSpec((groups, out_features // 8), ("I32",)),
-        f"{prefix}.scales": TensorSpec((groups, out_features), FLOAT_DTYPES),
+        f"{prefix}.scales": TensorSpec((groups, out_features), ("F16",)),   # AutoAWQ writes fp16 scales
     }
 
 
@@ -249,6 +249,22 @@ class Checkpoint:
                 specs[f"{prefix}.bias"] = TensorSpec((n,), FLOAT_DTYPES)
         return specs
 
+    def _check_layer_count(self) -> None:
+        """The files' decoder layers must be exactly 0..num_hidden_layers-1: checked on the names first, so a
+        wrong count fails at once (a config asking for 10^9 layers would otherwise build 10^9 expectations)."""
+        found = set()
+        for name in self.tensors:
+            if name.startswith("model.layers."):
+                index = name.split(".", 3)[2]
+                if index.isdigit():
+                    found.add(int(index))
+        want = self.config.num_hidden_layers
+        if found and (max(found) + 1 != want or len(found) != want):
+            holes = sorted(set(range(max(found) + 1)) - found)
+            detail = f" (layers {', '.join(map(str, holes[:8]))} missing)" if holes else ""
+            raise CheckpointError(f"{self.path}: config.json says num_hidden_layers = {want}, but the files hold "
+                                  f"layers 0..{max(found)} ({len(found)} layers){detail}")
+
     def _infer_group_size(self, prefix: str, in_features: int) -> int:
         scales = self.tensors.get(f"{prefix}.scales")
         if scales is None or len(scales.shape) != 2 or scales.shape[0] == 0:
@@ -262,6 +278,7 @@ class Checkpoint:
 
     def validate(self) -> None:
         """Raise one CheckpointError listing every problem; warn about tensors the model will not use."""
+        self._check_layer_count()
         specs = self.expected_specs()
         missing = [name for name in specs if name not in self.tensors]
         problems = []
@@ -278,6 +295,11 @@ class Checkpoint:
             if info.dtype not in spec.dtypes:
                 problems.append(f"{name} in {os.path.basename(info.file)}: expected dtype {'/'.join(spec.dtypes)}, "
                                 f"found {info.dtype}")
+        prefixes = linear_names(self.config)
+        if self.config.quantization is not None and not any(self.is_quantized(p) for p in prefixes):
+            problems.append("config.json (or quant_config.json) declares AWQ int4 quantization, but every linear "
+                            "layer in the files is a plain .weight tensor; remove the quantization settings or "
+                            "quantize the checkpoint (minimoe quantize)")
         if self.config.quantization is None and any(n.endswith(".qweight") for n in self.tensors):
             problems.append("the files hold AWQ tensors (.qweight) but config.json has no quantization_config "
                             "and there is no quant_config.json")

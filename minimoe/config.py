@@ -185,14 +185,30 @@ def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) ->
         sliding_window=sliding,
         num_local_experts=experts,
         num_experts_per_tok=top_k,
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+        tie_word_embeddings=_boolean(raw.get("tie_word_embeddings", False), "tie_word_embeddings", source),
         dtype=dtype,
-        bos_token_id=raw.get("bos_token_id", 1),
-        eos_token_id=_first(raw.get("eos_token_id", 2)),
+        bos_token_id=_token_id(raw.get("bos_token_id", 1), "bos_token_id", source),
+        eos_token_id=_token_id(_first(raw.get("eos_token_id", 2)), "eos_token_id", source),
         quantization=_parse_quant(raw, source, quant_raw, quant_source),
     )
     _check_consistent(config, source)
     return config
+
+
+def _boolean(value, key: str, source: str) -> bool:
+    """JSON true/false only: the string "false" is truthy in Python, and a tied embedding by accident is a
+    silently different model."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key!r} must be true or false, found {value!r}")
+    return value
+
+
+def _token_id(value, key: str, source: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{source}: {key!r} must be an integer token id (or null), found {value!r}")
+    return value
 
 
 def _first(value):
@@ -215,9 +231,28 @@ def _check_consistent(c: ModelConfig, source: str) -> None:
                           f"({c.num_local_experts}), found {c.num_experts_per_tok}")
     if c.sliding_window is not None and c.sliding_window <= 0:
         raise ConfigError(f"{source}: sliding_window must be positive or null, found {c.sliding_window}")
+    for key in ("bos_token_id", "eos_token_id"):
+        value = getattr(c, key)
+        if value is not None and not 0 <= value < c.vocab_size:
+            raise ConfigError(f"{source}: {key!r} must be a token id in 0..{c.vocab_size - 1} (vocab_size), "
+                              f"found {value}")
     if c.rms_norm_eps <= 0 or c.rope_theta <= 0:
         raise ConfigError(f"{source}: rms_norm_eps and rope_theta must be positive, found "
                           f"{c.rms_norm_eps} and {c.rope_theta}")
+
+
+def _check_same_quantization(q: dict, where: str, other: dict, other_source: str) -> None:
+    """config.json's quantization_config and AutoAWQ's quant_config.json state the same facts in two spellings;
+    when both are there they must agree (which one "won" would otherwise be a silent choice)."""
+    for ours, theirs in (("group_size", "q_group_size"), ("bits", "w_bit"), ("zero_point", "zero_point")):
+        a = q.get(ours, q.get(theirs))
+        b = other.get(theirs, other.get(ours))
+        if a is not None and b is not None and a != b:
+            raise ConfigError(f"{where} says {ours} = {a!r} but {other_source} says {theirs} = {b!r}; "
+                              f"expected the two files to agree")
+    a, b = q.get("version"), other.get("version")
+    if a is not None and b is not None and str(a).lower() != str(b).lower():
+        raise ConfigError(f"{where} says version {a!r} but {other_source} says {b!r}; expected them to agree")
 
 
 def _parse_quant(raw: dict, source: str, quant_raw: dict | None, quant_source: str) -> QuantConfig | None:
@@ -248,4 +283,6 @@ def _parse_quant(raw: dict, source: str, quant_raw: dict | None, quant_source: s
     if zero_point is not True:
         raise ConfigError(f"{where}: zero_point={zero_point!r} is not supported; AWQ GEMM checkpoints use zero points")
     skip = q.get("modules_to_not_convert") or ()
+    if q is not quant_raw and isinstance(quant_raw, dict):   # what is unsupported is said first, then disagreement
+        _check_same_quantization(q, where, quant_raw, quant_source)
     return QuantConfig(group_size=group, modules_to_not_convert=tuple(skip))
