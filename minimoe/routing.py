@@ -81,33 +81,44 @@ def route(model, tokenizer, text: str) -> RoutingReport:
 
 
 def format_table(report: RoutingReport, max_tokens: int = 64) -> str:
-    """One line per token: for each layer, the chosen experts with their weights, e.g. `0:.62 1:.38`."""
-    lines = []
-    width = min(16, max(len(t) for t in report.tokens[:max_tokens]))
-    header = "token".ljust(width) + "".join(f" | layer {l:<{6 * report.experts.shape[2] - 6}}"
-                                            for l in range(report.num_layers))
-    lines.append(header)
-    for t, piece in enumerate(report.tokens[:max_tokens]):
-        cells = []
-        for l in range(report.num_layers):
-            cells.append(" ".join(f"{int(e)}:{float(w):.2f}" for e, w in zip(report.experts[l, t], report.weights[l, t])))
-        lines.append(piece[:width].ljust(width) + "".join(f" | {c}" for c in cells))
+    """One line per token: for each layer, the chosen experts with their weights, e.g. `0:0.62 1:0.38`.
+
+    Every column is as wide as its widest entry (header included), so the bars line up for any number of
+    experts, any top-k and any token piece."""
+    tokens = report.tokens[:max_tokens]
+    width = min(16, max([len("token")] + [len(t) for t in tokens]))
+    columns = []
+    for l in range(report.num_layers):
+        cells = [" ".join(f"{int(e)}:{float(w):.2f}" for e, w in zip(report.experts[l, t], report.weights[l, t]))
+                 for t in range(len(tokens))]
+        label = f"layer {l}"
+        columns.append((label, cells, max([len(label)] + [len(c) for c in cells])))
+    lines = ["token".ljust(width) + "".join(f" | {label:<{w}}" for label, _, w in columns).rstrip()]
+    for t, piece in enumerate(tokens):
+        lines.append(piece[:width].ljust(width) + "".join(f" | {cells[t]:<{w}}" for _, cells, w in columns).rstrip())
     if len(report.tokens) > max_tokens:
         lines.append(f"... {len(report.tokens) - max_tokens} more tokens")
     return "\n".join(lines)
 
 
 def format_summary(report: RoutingReport) -> str:
+    """Per layer: tokens and mean weight per expert, entropy, and how often the top-1 expert changes."""
     s = report.summary()
-    E = report.num_experts
-    lines = ["layer | " + " ".join(f"tokens e{e}" for e in range(E)) + " | "
-             + " ".join(f"mean w e{e}" for e in range(E)) + f" | entropy (max {s['max_entropy_bits']:.2f} bits)"
-             + " | top-1 switch to next layer"]
-    for l in range(report.num_layers):
-        switch = f"{s['top1_switch_rate'][l]:.2f}" if l < report.num_layers - 1 else "-"
-        lines.append(f"{l:>5} | " + " ".join(f"{n:>9}" for n in s["tokens_per_expert"][l]) + " | "
-                     + " ".join(f"{w:>9.3f}" for w in s["mean_weight"][l]) + f" | {s['entropy_bits'][l]:>7.3f}"
-                     + f" | {switch}")
+    E, L = report.num_experts, report.num_layers
+    count_labels = [f"tokens e{e}" for e in range(E)]
+    weight_labels = [f"mean w e{e}" for e in range(E)]
+    entropy_label = f"entropy (max {s['max_entropy_bits']:.2f} bits)"
+
+    def row(layer, counts, weights, entropy, switch):
+        return (f"{layer:>5} | " + " ".join(f"{c:>{len(lab)}}" for c, lab in zip(counts, count_labels)) + " | "
+                + " ".join(f"{w:>{len(lab)}}" for w, lab in zip(weights, weight_labels))
+                + f" | {entropy:>{len(entropy_label)}} | {switch}")
+
+    lines = [row("layer", count_labels, weight_labels, entropy_label, "top-1 switch to next layer")]
+    for l in range(L):
+        switch = f"{s['top1_switch_rate'][l]:.2f}" if l < L - 1 else "-"
+        lines.append(row(l, [str(n) for n in s["tokens_per_expert"][l]],
+                         [f"{w:.3f}" for w in s["mean_weight"][l]], f"{s['entropy_bits'][l]:.3f}", switch))
     return "\n".join(lines)
 
 

@@ -143,3 +143,18 @@ def test_unknown_dtype_rejected():
 def test_debug_shows_the_traceback():
     result = run("--debug", "generate", "--model", "/definitely/not/here", "hi")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_route_tables_line_up_for_any_number_of_experts(tmp_path):
+    from minimoe.routing import format_summary, format_table, route
+
+    path = make_tiny_checkpoint(tmp_path / "wide", vocab_size=32000, num_local_experts=12, num_experts_per_tok=3,
+                                seed=5)
+    shutil.copyfile(MISTRAL_TOKENIZER, os.path.join(path, "tokenizer.model"))
+    report = route(minimoe.load_model(path, engine="reference"), minimoe.load_tokenizer(path),
+                   "Ten experts and more: e10, e11")
+    for table in (format_table(report), format_summary(report)):
+        rows = [line for line in table.splitlines() if " | " in line]
+        bars = {tuple(i for i, ch in enumerate(line) if ch == "|") for line in rows}
+        assert len(bars) == 1, table                     # every row's bars at the same columns
+    assert "tokens e11" in format_summary(report) and "layer 1" in format_table(report)
