@@ -137,6 +137,8 @@ def cmd_generate(args) -> int:
     from minimoe import ops
     from minimoe.generate import generate
 
+    sampling = sampling_from(args)
+    sampling.check()                     # a bad option is one error line, before anything loads or prints
     model, tokenizer = load(args)
 
     def stream(row: int, text: str) -> None:
@@ -144,7 +146,7 @@ def cmd_generate(args) -> int:
         sys.stdout.flush()
 
     sys.stdout.write(args.prompt)
-    result = generate(model, tokenizer, args.prompt, sampling_from(args), on_token=stream)
+    result = generate(model, tokenizer, args.prompt, sampling, on_token=stream)
     sys.stdout.write("\n")
     kind = "torch.compile, compiled" if model.engine == "compile" else "CUDA graph, captured"
     graph = f" ({kind} in {result.graph_seconds * 1e3:.0f} ms)" if result.graph_seconds else ""
@@ -187,6 +189,7 @@ def render_chat(tokenizer_dir: str, messages: list[dict]) -> tuple[str, tuple[st
 def cmd_chat(args) -> int:
     from minimoe.generate import generate
 
+    sampling_from(args).check()
     model, tokenizer = load(args)
     path = args.model or DEFAULT_MODEL
     messages: list[dict] = []

@@ -45,6 +45,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, found {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], found {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed must be in 0..2**63-1 (or None), found {self.seed}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, found {self.repetition_penalty}")
 

@@ -158,3 +158,18 @@ def test_route_tables_line_up_for_any_number_of_experts(tmp_path):
         bars = {tuple(i for i, ch in enumerate(line) if ch == "|") for line in rows}
         assert len(bars) == 1, table                     # every row's bars at the same columns
     assert "tokens e11" in format_summary(report) and "layer 1" in format_table(report)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-new-tokens", "-5", "max_new_tokens must be >= 0, found -5"),
+    ("--temperature", "-1", "temperature must be >= 0, found -1.0"),
+    ("--top-p", "0", r"top_p must be in (0, 1], found 0.0"),
+    ("--top-k", "-2", "top_k must be >= 0, found -2"),
+    ("--repetition-penalty", "0", "repetition_penalty must be > 0, found 0.0"),
+    ("--seed", "-3", "seed must be in 0..2**63-1 (or None), found -3"),
+])
+def test_numeric_options_are_range_checked_before_anything_runs(option, value, message):
+    result = run("generate", "Hello", option, value)
+    assert result.returncode == 2
+    assert result.stdout == ""                       # nothing printed, not even the prompt
+    assert result.stderr.strip().splitlines()[-1] == f"minimoe: error: {message}"
