@@ -34,11 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from e2e import MID_CONFIG  # noqa: E402  (benchmarks/e2e.py: the same mid-size model)
 from report import write_json  # noqa: E402  (benchmarks/report.py)
-
-MID_CONFIG = dict(vocab_size=32000, hidden_size=1024, intermediate_size=3584, num_hidden_layers=8,
-                  num_attention_heads=16, num_key_value_heads=4, num_local_experts=2, num_experts_per_tok=2,
-                  max_position_embeddings=4096, rope_theta=10000.0)
 
 # The worker: one per checkout, started with that checkout first on sys.path. It reads one JSON request per
 # line and answers one JSON line. Only API that every minimoe version has is used (load_model, generate_ids,
