@@ -189,7 +189,7 @@ if __name__ == "__main__":
         python_requires=">=3.10",
         packages=find_packages(include=["minimoe", "minimoe.*"]),
         include_package_data=True,
-        package_data={"minimoe": ["default_model/*", "default_model_fp16/*"]},
+        package_data={"minimoe": ["default_model/*"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": build_ext},
         # jinja2: chat templates in tokenizer_config.json are Jinja (rendered sandboxed by `minimoe chat`).

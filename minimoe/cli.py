@@ -44,8 +44,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")            # AWQ int4
-DEFAULT_MODEL_FP16 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model_fp16")  # the same, fp16
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")  # AWQ int4
 
 
 def resolve_device(name: str):
@@ -326,9 +325,8 @@ def cmd_train(args) -> int:
     with open(os.path.join(args.out, "log.jsonl"), "w") as log:
         T.train(model, train_ids, val_ids, cfg, on_log=lambda e: (log.write(json.dumps(e) + "\n"), log.flush()))
     tokenizer_file = os.path.join(tokenizer_dir, "tokenizer.model")
-    T.save_checkpoint(model, args.out, tokenizer=tokenizer_file if os.path.exists(tokenizer_file) else None,
-                      group_size=args.awq_group)
-    print(f"wrote {args.out}", file=sys.stderr)
+    T.save_checkpoint(model, args.out, tokenizer=tokenizer_file if os.path.exists(tokenizer_file) else None)
+    print(f"wrote {args.out} (fp16; `minimoe quantize {args.out} DIR` makes an AWQ int4 copy)", file=sys.stderr)
     return 0
 
 
@@ -455,7 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--experts", type=int, default=4)
     train.add_argument("--top-k", type=int, default=2)
     train.add_argument("--eval-every", type=int, default=100)
-    train.add_argument("--awq-group", type=int, default=None, help="write AWQ int4 (RTN) with this group size")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=None)
     train.set_defaults(func=cmd_train)

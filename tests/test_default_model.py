@@ -1,6 +1,8 @@
 """The shipped built-in model: its files are the recorded ones, it loads, and it has learned English of the
-corpus's kind, measured by perplexity on a committed sample of a play it never saw (both the fp16 and the AWQ
-int4 versions); its tokenizer gives sentencepiece's ids."""
+corpus's kind, measured by perplexity on a committed sample of a play it never saw; its tokenizer gives
+sentencepiece's ids. Only the AWQ int4 version ships; the comparisons with the fp16 weights it was quantized
+from run where `scripts/train_default_model.py` has written them (runs/shakespeare/fp16, or $MINIMOE_FP16_MODEL)
+and are skipped, saying so, elsewhere (the 10 MB fp16 file is regenerated, not committed)."""
 
 from __future__ import annotations
 
@@ -15,16 +17,20 @@ from hypothesis import strategies as st
 
 import minimoe
 from minimoe import train as T
-from minimoe.cli import DEFAULT_MODEL, DEFAULT_MODEL_FP16
+from minimoe.cli import DEFAULT_MODEL
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.join(HERE, "data", "shakespeare_validation_sample.txt")  # the start of Twelfth Night
 MANIFEST = os.path.join(DEFAULT_MODEL, "MANIFEST.json")
+FP16 = os.environ.get("MINIMOE_FP16_MODEL") or os.path.join(HERE, "..", "runs", "shakespeare", "fp16")
+needs_fp16 = pytest.mark.skipif(not os.path.isfile(os.path.join(FP16, "model.safetensors")),
+                                reason=f"no fp16 built-in model at {FP16} (python scripts/train_default_model.py "
+                                       "writes it; set $MINIMOE_FP16_MODEL to use another folder)")
 
-# Upper bound for the perplexity of the sample (context 256, stride 128): the shipped model measured 28.28 (fp16)
-# and 28.28 (AWQ) on 2026-12-07 (docs/training.md), so 32 leaves room for other CPUs' rounding but not for a
+# Upper bound for the perplexity of the sample (context 256, stride 128): the shipped model measured 28.27 (AWQ;
+# its fp16 weights 28.29) on 2026-12-07 (docs/training.md), so 32 leaves room for other CPUs' rounding but not for a
 # broken model; an untrained model of the same shape scores about 2000 (the vocabulary size), a unigram ~370.
-MAX_PPL_FP16 = 32.0
+MAX_PPL = 32.0
 MAX_AWQ_OVER_FP16 = 1.05          # the issue's bound: int4 (RTN) within 5% of fp16
 
 
@@ -33,14 +39,12 @@ def sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-@pytest.mark.parametrize("folder", [DEFAULT_MODEL, DEFAULT_MODEL_FP16])
-def test_files_match_the_manifest(folder):
+def test_files_match_the_manifest():
     with open(MANIFEST) as f:
-        manifest = json.load(f)
-    name = os.path.basename(folder)
-    assert sorted(manifest[name]) == sorted(n for n in os.listdir(folder) if n != "MANIFEST.json")
-    for file, digest in manifest[name].items():
-        assert sha256(os.path.join(folder, file)) == digest, f"{name}/{file} differs from the recorded file"
+        recorded = json.load(f)["default_model"]
+    assert sorted(recorded) == sorted(n for n in os.listdir(DEFAULT_MODEL) if n != "MANIFEST.json")
+    for file, digest in recorded.items():
+        assert sha256(os.path.join(DEFAULT_MODEL, file)) == digest, f"{file} differs from the recorded file"
 
 
 @pytest.fixture(scope="module")
@@ -50,32 +54,30 @@ def sample_ids():
         return tokenizer.encode(f.read(), bos=True)
 
 
-@pytest.fixture(scope="module")
-def perplexities(sample_ids):
-    out = {}
-    for name, folder in (("fp16", DEFAULT_MODEL_FP16), ("awq", DEFAULT_MODEL)):
-        model = minimoe.load_model(folder, dtype=torch.float32)
-        with torch.inference_mode():
-            out[name], _ = T.perplexity(model, sample_ids, context=256)
-    untrained = T.new_model(model.config, seed=0).eval()
+def sample_perplexity(folder: str, ids) -> float:
+    model = minimoe.load_model(folder, dtype=torch.float32)
     with torch.inference_mode():
-        out["untrained"], _ = T.perplexity(untrained, sample_ids, context=256)
-    return out
+        return T.perplexity(model, ids, context=256)[0]
 
 
-def test_the_model_has_learned(perplexities):
-    p = perplexities
-    assert p["fp16"] < MAX_PPL_FP16, p
-    assert p["fp16"] < p["untrained"] / 20, p        # far from a model that knows nothing
+def test_the_model_has_learned(sample_ids):
+    ppl = sample_perplexity(DEFAULT_MODEL, sample_ids)
+    untrained = T.new_model(minimoe.load_model(DEFAULT_MODEL).config, seed=0).eval()
+    with torch.inference_mode():
+        untrained_ppl, _ = T.perplexity(untrained, sample_ids, context=256)
+    assert ppl < MAX_PPL, ppl
+    assert ppl < untrained_ppl / 20, (ppl, untrained_ppl)     # far from a model that knows nothing
 
 
-def test_int4_costs_little(perplexities):
-    p = perplexities
-    assert p["awq"] < p["fp16"] * MAX_AWQ_OVER_FP16, p
+@needs_fp16
+def test_int4_costs_little(sample_ids):
+    awq, fp16 = sample_perplexity(DEFAULT_MODEL, sample_ids), sample_perplexity(FP16, sample_ids)
+    assert awq < fp16 * MAX_AWQ_OVER_FP16, (awq, fp16)
 
 
+@needs_fp16
 def test_the_two_versions_are_one_model():
-    fp16 = minimoe.load_model(DEFAULT_MODEL_FP16, dtype=torch.float32)
+    fp16 = minimoe.load_model(FP16, dtype=torch.float32)
     awq = minimoe.load_model(DEFAULT_MODEL, dtype=torch.float32)
     assert fp16.config.to_dict() | {"quantization": None} == awq.config.to_dict() | {"quantization": None}
     assert awq.config.quantization is not None and fp16.config.quantization is None

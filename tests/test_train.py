@@ -127,19 +127,22 @@ def test_checkpoint_round_trip_minimoe_and_transformers(tmp_path):
 
 
 def test_awq_checkpoint_holds_the_rtn_codes(tmp_path):
+    from minimoe.quantize import quantize_checkpoint
+
     model = _trained()
-    path = T.save_checkpoint(model, str(tmp_path / "awq"), group_size=16)
+    path = str(tmp_path / "awq")
+    quantize_checkpoint(T.save_checkpoint(model, str(tmp_path / "fp16")), path, group_size=16)
     loaded = minimoe.load_model(path, dtype=torch.float32, engine="reference")
     with open(os.path.join(path, "config.json")) as f:
         assert json.load(f)["quantization_config"]["group_size"] == 16
     trained = dict(model.named_parameters())
     q_proj = loaded.model.layers[1].self_attn.q_proj
-    w = trained["model.layers.1.self_attn.q_proj.weight"].detach()
+    w = trained["model.layers.1.self_attn.q_proj.weight"].detach().half()   # quantized from the fp16 file
     reference = awq.quantize(w, group_size=16)
     assert torch.equal(q_proj.qweight, reference.qweight)
     deq = awq.dequantize(q_proj.qweight, q_proj.qzeros, q_proj.scales, 16, torch.float32)   # W^T [K, N]
     step = q_proj.scales.float().repeat_interleave(16, dim=0)                              # each weight's s
-    assert ((deq - w.t()).abs() <= 0.5 * step * 1.01 + 1e-6).all()    # RTN: within half a step of the weight
+    assert ((deq - w.float().t()).abs() <= 0.5 * step * 1.01 + 1e-6).all()    # RTN: within half a step of the weight
     # router, norms and embeddings stay plain fp16
     gate = loaded.model.layers[0].block_sparse_moe.gate.weight
     assert torch.equal(gate, trained["model.layers.0.block_sparse_moe.gate.weight"].detach().half().float())
