@@ -6,6 +6,7 @@
     minimoe train --data DIR --out DIR        train a Mixtral from scratch on a folder of .txt documents
     minimoe eval ppl --model DIR --text FILE  held-out perplexity (sliding window), with tokens/s
     minimoe quantize SRC DST --method rtn     an fp16 checkpoint -> AWQ int4 GEMM (AutoAWQ's layout)
+    minimoe quantize SRC DST --method awq --calib FILE   ... with AWQ's activation-aware search
     minimoe inspect DIR   architecture, parameter counts, quantization, bytes on disk and read per token
     minimoe info          how the native extension was built and which backend runs the int4 op per device
 
@@ -373,15 +374,26 @@ def cmd_eval_ppl(args) -> int:
 def cmd_quantize(args) -> int:
     from minimoe.quantize import quantize_checkpoint
 
-    bar = ProgressBar(f"quantizing {args.src}")
-    summary = quantize_checkpoint(args.src, args.dst, method=args.method, group_size=args.group_size,
-                                  progress=lambda name, done, total: bar(done, total))
-    errors = summary["layers"]
-    print(f"wrote {args.dst}: {len(errors)} linear layers, {args.method}, group size {args.group_size}, "
-          f"{summary['seconds']:.1f} s", file=sys.stderr)
+    if args.method == "rtn":
+        if args.calib:
+            raise ValueError("--calib is for --method awq (rtn looks at the weights only)")
+        bar = ProgressBar(f"quantizing {args.src}")
+        summary = quantize_checkpoint(args.src, args.dst, method="rtn", group_size=args.group_size,
+                                      progress=lambda name, done, total: bar(done, total))
+    else:
+        summary = _quantize_awq(args)
+    if args.summary:
+        with open(args.summary, "w") as f:
+            json.dump(summary, f, indent=1)
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
+    if args.method == "awq":
+        _print_awq_table(summary)
+        return 0
+    errors = summary["layers"]
+    print(f"wrote {args.dst}: {len(errors)} linear layers, rtn, group size {args.group_size}, "
+          f"{summary['seconds']:.1f} s", file=sys.stderr)
     kinds: dict[str, list[float]] = {}
     for prefix, row in errors.items():
         kinds.setdefault(prefix.rsplit(".", 1)[-1], []).append(row["relative_error"])
@@ -389,6 +401,54 @@ def cmd_quantize(args) -> int:
     for kind, values in kinds.items():
         print(f"{kind:<10} {len(values):>6}  {sum(values) / len(values):>37.4f}  {max(values):.4f}")
     return 0
+
+
+def _quantize_awq(args) -> dict:
+    import resource
+
+    import minimoe
+    from minimoe.checkpoint import Checkpoint
+    from minimoe.quantize import awq_search, quantize_checkpoint
+
+    if not args.calib:
+        raise ValueError("--method awq needs calibration text: --calib FILE (a UTF-8 text file; text like the "
+                         "model's use, e.g. held-out training data)")
+    settings = awq_search.Settings(group_size=args.group_size, grid=args.grid, clip=not args.no_clip,
+                                   duo_scaling=args.duo_scaling, inputs=args.inputs)
+    settings.check()
+    with open(args.calib, encoding="utf-8") as f:
+        text = f.read()
+    config = Checkpoint(args.src).config
+    seq_len = args.seq_len or min(512, config.max_position_embeddings)
+    ids = minimoe.load_tokenizer(args.src).encode(text, bos=True)
+    windows = awq_search.calibration_windows(ids, args.samples, seq_len)
+    print(f"AWQ search on {windows.numel()} calibration tokens ({args.samples} x {seq_len}) from {args.calib}",
+          file=sys.stderr)
+    summary = quantize_checkpoint(args.src, args.dst, method="awq", group_size=args.group_size,
+                                  calibration=windows, settings=settings,
+                                  progress=lambda line, done, total: print(f"[{done}/{total}] {line}",
+                                                                           file=sys.stderr, flush=True))
+    summary["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(f"wrote {args.dst}: AWQ int4, group size {args.group_size}, {summary['seconds']:.1f} s, "
+          f"peak RSS {summary['peak_rss_gb']:.2f} GB", file=sys.stderr)
+    return summary
+
+
+def _print_awq_table(summary: dict) -> None:
+    """The per-layer summary: chosen alphas, layer output error RTN vs AWQ, routing changes."""
+    print(f"{'layer':>5} {'a qkv':>6} {'a v->o':>6} {'a ffn':>6} {'a w3->w2':>8} {'err RTN':>8} {'err AWQ':>8} "
+          f"{'ratio':>6} {'top-k chg RTN':>13} {'AWQ':>6}  experts on all tokens")
+    for r in summary["layers"]:
+        a = r["alpha"]
+        experts = [v for k, v in a.items() if k.startswith("expert")]
+        chg = ("-", "-") if r["routes_changed_rtn"] is None else \
+            (f"{100 * r['routes_changed_rtn']:.1f}%", f"{100 * r['routes_changed_awq']:.1f}%")
+        print(f"{r['index']:>5} {a['qkv']:>6.2f} {a['v->o']:>6.2f} {a['ffn_in']:>6.2f} "
+              f"{sum(experts) / len(experts):>8.2f} {r['rtn_error']:>8.4f} {r['awq_error']:>8.4f} "
+              f"{r['awq_error'] / max(r['rtn_error'], 1e-30):>6.3f} {chg[0]:>13} {chg[1]:>6}  "
+              f"{r.get('fallback_experts') or '-'}")
+    print("err: ||layer_q(x) - layer(x)|| / ||layer(x) - x|| on the calibration tokens (x: the quantized "
+          "model's input to that layer); top-k chg: tokens whose set of experts differs from the fp model's")
 
 
 ENGINE_NAMES = ("reference", "native", "compile", "cuda-graph", "auto")  # minimoe.engines.NAMES
@@ -468,9 +528,21 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = sub.add_parser("quantize", help="quantize an fp16/bf16/fp32 checkpoint to AWQ int4 GEMM")
     quantize.add_argument("src", help="the source checkpoint directory")
     quantize.add_argument("dst", help="the new directory to write")
-    quantize.add_argument("--method", choices=["rtn"], default="rtn",
-                          help="rtn: round to nearest per group (the activation-aware search is not in yet)")
+    quantize.add_argument("--method", choices=["rtn", "awq"], default="rtn",
+                          help="rtn: round to nearest per group; awq: activation-aware scales and clipping "
+                               "searched on --calib text, then rounded (docs: AWQ from scratch)")
     quantize.add_argument("--group-size", type=int, default=128)
+    quantize.add_argument("--calib", help="awq: calibration text file (UTF-8)")
+    quantize.add_argument("--samples", type=int, default=64, help="awq: calibration windows (default 64)")
+    quantize.add_argument("--seq-len", type=int, default=None,
+                          help="awq: tokens per window (default min(512, the model's context))")
+    quantize.add_argument("--grid", type=int, default=20, help="awq: alphas searched in [0, 1] (default 20)")
+    quantize.add_argument("--no-clip", action="store_true", help="awq: skip the clipping search")
+    quantize.add_argument("--duo-scaling", action="store_true",
+                          help="awq: s = mean|x|^a / mean|w|^(1-a) (AutoAWQ's variant) instead of mean|x|^a")
+    quantize.add_argument("--inputs", choices=["quantized", "fp"], default="quantized",
+                          help="awq: each layer calibrated on the quantized (default) or fp earlier layers' output")
+    quantize.add_argument("--summary", help="write the summary as JSON to this file")
     quantize.add_argument("--json", action="store_true", help="print the summary as JSON")
     quantize.set_defaults(func=cmd_quantize)
     inspect = sub.add_parser("inspect", help="describe and validate a checkpoint directory")

@@ -77,8 +77,8 @@ def test_sharded_source_gives_sharded_output(tmp_path):
 
 
 def test_bad_requests_say_what_was_expected(fp16_dir, tmp_path):
-    with pytest.raises(ValueError, match="not implemented yet"):
-        quantize_checkpoint(fp16_dir, str(tmp_path / "a"), method="awq")
+    with pytest.raises(ValueError, match="available: rtn, awq"):
+        quantize_checkpoint(fp16_dir, str(tmp_path / "a"), method="gptq")
     with pytest.raises(ValueError, match="not a multiple of group size"):
         quantize_checkpoint(fp16_dir, str(tmp_path / "b"), group_size=256)
     awq_dir = str(tmp_path / "c")

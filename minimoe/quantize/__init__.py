@@ -1,6 +1,7 @@
 """Turning an fp16/bf16/fp32 Mixtral or Mistral checkpoint into an AWQ int4 GEMM checkpoint.
 
     minimoe quantize SRC_DIR DST_DIR --method rtn --group-size 128
+    minimoe quantize SRC_DIR DST_DIR --method awq --group-size 128 --calib text.txt --samples 64 --seq-len 256
 
 What is written is the layout AutoAWQ writes (docs/awq-format.md): every linear layer of the decoder layers
 (q/k/v/o, the experts' w1/w2/w3 or the MLP's gate/up/down) as `qweight`/`qzeros`/`scales` (int32, int32, fp16),
@@ -10,11 +11,15 @@ AutoAWQ's `quantization_config` and a quant_config.json beside it, the tokenizer
 Methods:
     rtn     round-to-nearest per group (minimoe.awq.quantize): the baseline every better method is measured
             against. It looks at the weights only.
-The activation-aware search of AWQ (Lin et al., 2023, arXiv:2306.00978), which also needs calibration text,
-is not implemented yet; asking for it says so.
+    awq     the activation-aware search of AWQ (Lin et al., 2023, arXiv:2306.00978), minimoe/quantize/awq_search.py:
+            per-channel scales and clipping chosen on calibration text, folded into the norms and the previous
+            linears (so the AWQ checkpoint's norm weights and router differ from the source's), then rounded to
+            nearest. Needs calibration tokens.
 
-Memory: one source shard's tensors at a time are read (memory-mapped), converted and written, so a checkpoint
-much larger than RAM quantizes in about the size of its largest shard.
+Memory: rtn reads one source shard's tensors at a time (memory-mapped), converts and writes them; awq reads one
+decoder layer at a time and writes it to its own shard before the next, so a checkpoint much larger than RAM
+quantizes in about the size of its largest shard (rtn) or of one layer in fp32 plus the calibration
+activations (awq).
 """
 
 from __future__ import annotations
@@ -30,19 +35,21 @@ import torch
 from minimoe import awq
 from minimoe.checkpoint import INDEX_FILE, Checkpoint, CheckpointError, linear_names
 
-METHODS = ("rtn",)
+METHODS = ("rtn", "awq")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
 
 
 def quantize_checkpoint(src: str, dst: str, *, method: str = "rtn", group_size: int = 128,
+                        calibration: torch.Tensor | None = None, settings=None,
                         progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Write `src` quantized into the new directory `dst`; returns a summary (per-layer reconstruction errors).
+    """Write `src` quantized into the new directory `dst`; returns a summary (per-layer errors).
 
-    progress(name, done, total) is called after each linear layer."""
+    calibration (awq only): (samples, seq_len) token ids (awq_search.calibration_windows makes them from text).
+    settings (awq only): an awq_search.Settings, for everything but the group size.
+    progress(name, done, total) is called after each linear layer (rtn) or decoder layer (awq)."""
     if method not in METHODS:
-        raise ValueError(f"quantization method {method!r} is not available; available: {', '.join(METHODS)} "
-                         "(the activation-aware AWQ search is not implemented yet)")
+        raise ValueError(f"quantization method {method!r} is not available; available: {', '.join(METHODS)}")
     src_ckpt = Checkpoint(src)
     config = src_ckpt.config
     if config.quantization is not None:
@@ -55,8 +62,14 @@ def quantize_checkpoint(src: str, dst: str, *, method: str = "rtn", group_size: 
             raise ValueError(f"{prefix}: in_features {k} is not a multiple of group size {group_size}")
         if n % 8:
             raise ValueError(f"{prefix}: out_features {n} is not a multiple of 8 (eight 4-bit codes per int32)")
+    if method == "awq" and calibration is None:
+        raise ValueError("the awq method needs calibration tokens (`--calib FILE` on the command line)")
+    if method == "rtn" and (calibration is not None or settings is not None):
+        raise ValueError("rtn looks at the weights only: calibration and settings belong to --method awq")
     if os.path.exists(dst) and os.listdir(dst):
         raise ValueError(f"{dst}: exists and is not empty; expected a new directory")
+    if method == "awq":
+        return _quantize_awq(src_ckpt, src, dst, group_size, calibration, settings, progress)
     os.makedirs(dst, exist_ok=True)
 
     from safetensors.torch import save_file
@@ -91,7 +104,15 @@ def quantize_checkpoint(src: str, dst: str, *, method: str = "rtn", group_size: 
             weight_map[name] = target
             total_size += value.numel() * value.element_size()
         del out
-    if len(src_ckpt.files) > 1:
+    _finish(src_ckpt, src, dst, group_size, weight_map if len(src_ckpt.files) > 1 else None, total_size)
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _finish(src_ckpt: Checkpoint, src: str, dst: str, group_size: int, weight_map: dict | None,
+            total_size: int) -> None:
+    """The index (for a sharded output), the configs, the tokenizer files; then minimoe's own checks."""
+    if weight_map is not None:
         with open(os.path.join(dst, INDEX_FILE), "w") as f:
             json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=2)
     _write_configs(src, dst, group_size)
@@ -100,7 +121,56 @@ def quantize_checkpoint(src: str, dst: str, *, method: str = "rtn", group_size: 
             shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
     src_ckpt.close()
     Checkpoint(dst)  # what was written passes minimoe's own checks, or this raises
-    summary["seconds"] = time.perf_counter() - start
+
+
+def _quantize_awq(src_ckpt: Checkpoint, src: str, dst: str, group_size: int, calibration: torch.Tensor,
+                  settings, progress) -> dict:
+    """AWQ, streamed: decoder layer i is read, searched, rounded and written to shard i + 1 before layer i + 1
+    is read; the embeddings, final norm and lm_head go to the last shard."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from minimoe.quantize import awq_search
+
+    config = src_ckpt.config
+    settings = dataclasses.replace(settings or awq_search.Settings(), group_size=group_size)
+    if settings.bits != awq.SUPPORTED_BITS:
+        raise ValueError(f"the AWQ GEMM format stores {awq.SUPPORTED_BITS}-bit codes, found bits={settings.bits} "
+                         "(other widths can only be simulated: awq_search.quantize_model)")
+    os.makedirs(dst, exist_ok=True)
+    L = config.num_hidden_layers
+    shard = [f"model-{i + 1:05d}-of-{L + 1:05d}.safetensors" for i in range(L + 1)]
+    weight_map: dict[str, str] = {}
+    total_size = 0
+
+    def write(tensors: dict[str, torch.Tensor], file: str) -> None:
+        nonlocal total_size
+        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(dst, file), metadata={"format": "pt"})
+        for name, value in tensors.items():
+            weight_map[name] = file
+            total_size += value.numel() * value.element_size()
+
+    def on_layer(i: int, layer, report: dict) -> None:
+        out = {}
+        for name, t in report["tensors"].items():
+            prefix = f"model.layers.{i}.{name}"
+            out.update({f"{prefix}.qweight": t.qweight, f"{prefix}.qzeros": t.qzeros, f"{prefix}.scales": t.scales})
+        quantized = {f"{name}.weight" for name in report["tensors"]}
+        for name, value in layer.state_dict().items():    # norms and the router, with the scales folded in
+            if name not in quantized:
+                out[f"model.layers.{i}.{name}"] = _to_fp16(value, f"model.layers.{i}.{name}")
+        write(out, shard[i])
+
+    layers = (awq_search.load_layer(src_ckpt, config, i) for i in range(L))
+    summary = awq_search.quantize_layers(config, src_ckpt.tensor("model.embed_tokens.weight"), calibration, layers,
+                                         settings, on_layer=on_layer,
+                                         progress=(lambda done, total, report: progress(
+                                             awq_search.layer_line(report), done, total)) if progress else None)
+    in_layers = {n for n in src_ckpt.tensors if n.startswith("model.layers.")}
+    write({n: _to_fp16(src_ckpt.tensor(n), n) for n in src_ckpt.tensors if n not in in_layers}, shard[L])
+    summary.update(method="awq", group_size=group_size)
+    _finish(src_ckpt, src, dst, group_size, weight_map, total_size)
     return summary
 
 
