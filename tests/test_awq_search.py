@@ -273,3 +273,35 @@ def test_outlier_channels_keep_the_function_and_are_outliers(fp16_dir):
     stat = A.mean_abs(layer.input_layernorm(model.model.embed_tokens(ids)))
     others = [c for c in range(model.config.hidden_size) if c not in channels]
     assert stat[channels].min() > 10 * stat[others].median()
+
+
+def test_transformers_computes_the_same_model_from_the_written_tensors(fp16_dir, tmp_path):
+    """Another reader of the layout: the AWQ checkpoint's int4 linears dequantized by the format spec, with its
+    folded norms and routers as written, loaded by transformers, give minimoe's logits."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    dst = str(tmp_path / "awq")
+    quantize_checkpoint(fp16_dir, dst, method="awq", group_size=32, calibration=windows(256, samples=6))
+    ckpt = Checkpoint(dst)
+    prefixes = linear_names(ckpt.config)
+    tensors = {n: ckpt.tensor(n).float() for n in ckpt.tensors
+               if not any(n.startswith(f"{p}.") for p in prefixes)}
+    for p in prefixes:
+        q = ckpt.linear(p)
+        tensors[f"{p}.weight"] = awq.dequantize(q["qweight"], q["qzeros"], q["scales"], 32, torch.float32).t().contiguous()
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    with open(os.path.join(dst, "config.json")) as f:
+        raw = json.load(f)
+    raw.pop("quantization_config")
+    raw["torch_dtype"] = "float32"
+    (hf_dir / "config.json").write_text(json.dumps(raw))
+    save_file(tensors, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+    ids = windows(256, 2, 20, seed=4)
+    with torch.no_grad():
+        ref, ours = hf(ids).logits, load_fp32(dst)(ids)
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)

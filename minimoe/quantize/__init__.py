@@ -162,8 +162,15 @@ def _quantize_awq(src_ckpt: Checkpoint, src: str, dst: str, group_size: int, cal
                 out[f"model.layers.{i}.{name}"] = _to_fp16(value, f"model.layers.{i}.{name}")
         write(out, shard[i])
 
-    layers = (awq_search.load_layer(src_ckpt, config, i) for i in range(L))
-    summary = awq_search.quantize_layers(config, src_ckpt.tensor("model.embed_tokens.weight"), calibration, layers,
+    def layers():
+        for i in range(L):
+            layer = awq_search.load_layer(src_ckpt, config, i)
+            src_ckpt.close()   # unmap the source files: the pages read for layer i are not kept resident
+            yield layer
+
+
+    embed = src_ckpt.tensor("model.embed_tokens.weight")
+    summary = awq_search.quantize_layers(config, embed, calibration, layers(),
                                          settings, on_layer=on_layer,
                                          progress=(lambda done, total, report: progress(
                                              awq_search.layer_line(report), done, total)) if progress else None)
