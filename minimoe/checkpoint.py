@@ -54,6 +54,19 @@ class TensorInfo:
     nbytes: int
 
 
+class _DuplicateName(Exception):
+    pass
+
+
+def _no_duplicate_names(pairs: list[tuple[str, object]]) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateName(key)
+        out[key] = value
+    return out
+
+
 def read_safetensors_header(path: str) -> dict[str, TensorInfo]:
     """Parse and check one safetensors header without reading any tensor data."""
     try:
@@ -72,7 +85,10 @@ def read_safetensors_header(path: str) -> dict[str, TensorInfo]:
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_names)
+    except _DuplicateName as error:
+        raise CheckpointError(f"{path}: the safetensors header names tensor {error.args[0]!r} twice; which one "
+                              "is meant cannot be known (json would silently keep the last)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({error}); "
                               "the file is corrupt or not a safetensors file") from None
@@ -303,6 +319,14 @@ class Checkpoint:
         if self.config.quantization is None and any(n.endswith(".qweight") for n in self.tensors):
             problems.append("the files hold AWQ tensors (.qweight) but config.json has no quantization_config "
                             "and there is no quant_config.json")
+        halves = {}
+        for name in specs:
+            info = self.tensors.get(name)
+            if info is not None and info.dtype in ("F16", "BF16"):
+                halves.setdefault(info.dtype, name)
+        if len(halves) == 2:  # both are 2 bytes per value: a mislabeled dtype changes every value, not the size
+            problems.append(f"tensors in both 16-bit float formats, e.g. {halves['F16']} (F16) and "
+                            f"{halves['BF16']} (BF16); a checkpoint is written in one of them, so one label is wrong")
         if problems:
             raise CheckpointError(f"{self.path}: checkpoint does not match its config.json:\n  - "
                                   + "\n  - ".join(problems))
