@@ -280,6 +280,14 @@ class Checkpoint:
             detail = f" (layers {', '.join(map(str, holes[:8]))} missing)" if holes else ""
             raise CheckpointError(f"{self.path}: config.json says num_hidden_layers = {want}, but the files hold "
                                   f"layers 0..{max(found)} ({len(found)} layers){detail}")
+        if self.config.is_moe:  # the same for the experts: 10^9 of them would build 10^9 x 3 expectations
+            experts = {int(parts[5]) for parts in (n.split(".") for n in self.tensors)
+                       if len(parts) > 5 and parts[3] == "block_sparse_moe" and parts[4] == "experts"
+                       and parts[5].isdigit()}
+            E = self.config.num_local_experts
+            if experts and (max(experts) + 1 != E or len(experts) != E):
+                raise CheckpointError(f"{self.path}: config.json says num_local_experts = {E}, but the files hold "
+                                      f"experts 0..{max(experts)} ({len(experts)} experts)")
 
     def _infer_group_size(self, prefix: str, in_features: int) -> int:
         scales = self.tensors.get(f"{prefix}.scales")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -122,8 +123,9 @@ def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) ->
     def _typed(value, kind, key):
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{source}: {key!r} must be an integer, found {value!r}")
-        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigError(f"{source}: {key!r} must be a number, found {value!r}")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+            raise ConfigError(f"{source}: {key!r} must be a finite number, found {value!r}")
         return kind(value)
 
     model_type = raw.get("model_type")
@@ -137,6 +139,9 @@ def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) ->
     hidden = need("hidden_size")
     heads = need("num_attention_heads")
     kv_heads = need("num_key_value_heads")
+    for key, value in (("hidden_size", hidden), ("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
+        if value <= 0:  # checked here too: head_dim below divides by the head count
+            raise ConfigError(f"{source}: {key!r} must be positive, found {value}")
     head_dim = raw.get("head_dim")
     head_dim = hidden // heads if head_dim is None else _typed(head_dim, int, "head_dim")
 
@@ -159,7 +164,7 @@ def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) ->
     dtype = raw.get("dtype", raw.get("torch_dtype")) or "float32"
     if isinstance(dtype, str):
         dtype = dtype.removeprefix("torch.")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ConfigError(f"{source}: dtype {dtype!r} is not supported; expected one of {sorted(DTYPES)}")
 
     sliding = raw.get("sliding_window")
@@ -239,6 +244,9 @@ def _check_consistent(c: ModelConfig, source: str) -> None:
     if c.rms_norm_eps <= 0 or c.rope_theta <= 0:
         raise ConfigError(f"{source}: rms_norm_eps and rope_theta must be positive, found "
                           f"{c.rms_norm_eps} and {c.rope_theta}")
+    if c.rope_theta < 1:  # frequencies theta^(-2j/D) then grow with j, and a tiny theta overflows them to inf
+        raise ConfigError(f"{source}: rope_theta must be at least 1 (released models use 1e4 to 1e6), "
+                          f"found {c.rope_theta}")
 
 
 def _check_same_quantization(q: dict, where: str, other: dict, other_source: str) -> None:

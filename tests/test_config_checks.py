@@ -40,6 +40,12 @@ def plain_dir(tmp_path):
     ("bos_token_id", 999999, r"'bos_token_id' must be a token id in 0\.\.\d+ \(vocab_size\), found 999999"),
     ("eos_token_id", [-1], r"'eos_token_id' must be a token id in"),
     ("tie_word_embeddings", "false", r"'tie_word_embeddings' must be true or false, found 'false'"),
+    # found by tests/test_fuzz_checkpoint.py::test_config_values_edited
+    ("torch_dtype", [0], r"dtype \[0\] is not supported"),                 # was a TypeError
+    ("num_attention_heads", 0, r"'num_attention_heads' must be positive, found 0"),   # was a ZeroDivisionError
+    ("rms_norm_eps", float("nan"), r"'rms_norm_eps' must be a finite number, found nan"),  # was NaN logits
+    ("rope_theta", 1e-181, r"rope_theta must be at least 1"),                # was inf angles, NaN logits
+    ("num_local_experts", 10**12, r"num_local_experts = 1000000000000, but the files hold experts 0\.\.1"),
 ])
 def test_config_values_are_type_and_range_checked(plain_dir, key, value, message):
     edit_config(plain_dir, **{key: value})

@@ -146,3 +146,51 @@ def load_damaged_strict(original, tmp_path_factory, blob):
     with open(folder / "model.safetensors", "wb") as f:
         f.write(blob)
     minimoe.load_model(str(folder), dtype=torch.float32, engine="reference")
+
+
+# ------------------------------------------------------------------------------------------ config.json values
+
+def perturbed(value):
+    """Values a damaged or hand-edited config.json might hold in place of `value`."""
+    generic = st.none() | st.booleans() | st.text(max_size=6) | st.lists(st.integers(-3, 3), max_size=2) | \
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+    if isinstance(value, bool):
+        return st.sampled_from([not value, "true", "false", 0, 1]) | generic
+    if isinstance(value, int):
+        return st.sampled_from([0, -1, 1, value + 1, value - 1, 2 * value, value // 2, 2**31, 2**62, 10**12,
+                                float(value), str(value)]) | generic
+    if isinstance(value, float):
+        return st.sampled_from([0.0, -value, value * 1e6, float("inf"), float("nan"), str(value)]) | \
+            st.floats(allow_nan=True) | generic
+    if isinstance(value, dict):
+        return generic | st.just({})
+    return generic
+
+
+@fuzz
+@given(data=st.data())
+def test_config_values_edited(original, tmp_path_factory, data):
+    """A config.json value changed: a clear error (ValueError, CheckpointError included), or a model that loads
+    and computes finite logits; never another exception type, never a hang."""
+    import time
+
+    path = original[0]
+    with open(os.path.join(path, "config.json")) as f:
+        raw = json.load(f)
+    key = data.draw(st.sampled_from(sorted(raw)))
+    raw[key] = data.draw(perturbed(raw[key]))
+    folder = tmp_path_factory.mktemp("config")
+    shutil.copyfile(os.path.join(path, "model.safetensors"), folder / "model.safetensors")
+    shutil.copyfile(os.path.join(path, "quant_config.json"), folder / "quant_config.json")
+    (folder / "config.json").write_text(json.dumps(raw))
+    start = time.perf_counter()
+    try:
+        model = minimoe.load_model(str(folder), dtype=torch.float32, engine="reference")
+    except ValueError as error:
+        assert str(error).strip(), "an error without a message"
+        return
+    finally:
+        assert time.perf_counter() - start < 20, f"{key} = {raw[key]!r} took over 20 s to load or fail"
+    with torch.no_grad():
+        logits = model(torch.zeros(1, 1, dtype=torch.long))
+    assert torch.isfinite(logits).all(), f"{key} = {raw[key]!r} was accepted and gives non-finite logits"
