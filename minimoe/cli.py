@@ -29,19 +29,21 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"torch                 {info['torch_version']} (CUDA {info['torch_cuda']}, GPU available: {info['cuda_available']})")
-    print(f"extension loaded      {info['extension_loaded']}" + (f"  ({info['import_error']})" if info["import_error"] else ""))
-    print(f"CUDA compiled         {info['cuda_compiled']}  archs: {', '.join(info['cuda_archs']) or '-'}")
-    for op, devices in info["kernels"].items():
-        print(f"{'kernel ' + op:<21} {', '.join(devices) or '-'}")
-    print(f"awq_gemm backend      cpu: {info['awq_backend']['cpu']}, cuda: {info['awq_backend']['cuda']}")
     from minimoe import engines
 
-    print(f"engine                {engines.default_name()}: cpu runs {engines.resolve(None, 'cpu')}, "
-          f"cuda runs {engines.resolve(None, 'cuda') if engines.default_name() != 'cuda-graph' else 'cuda-graph'}")
+    rows = [("torch", f"{info['torch_version']} (CUDA {info['torch_cuda']}, GPU available: {info['cuda_available']})"),
+            ("extension loaded", f"{info['extension_loaded']}" + (f"  ({info['import_error']})"
+                                                                   if info["import_error"] else "")),
+            ("CUDA compiled", f"{info['cuda_compiled']}  archs: {', '.join(info['cuda_archs']) or '-'}")]
+    rows += [(f"kernel {op}", ", ".join(devices) or "-") for op, devices in info["kernels"].items()]
+    rows.append(("awq_gemm backend", f"cpu: {info['awq_backend']['cpu']}, cuda: {info['awq_backend']['cuda']}"))
+    rows.append(("engine", f"{engines.default_name()}: cpu runs {engines.resolve(None, 'cpu')}, cuda runs "
+                           f"{engines.resolve(None, 'cuda') if engines.default_name() != 'cuda-graph' else 'cuda-graph'}"))
     if info["cpu_isa"]:
-        amx = ", bf16 prefill on AMX" if info["cpu_amx"] else ""
-        print(f"CPU kernels           {info['cpu_isa']}{amx}")
+        rows.append(("CPU kernels", info["cpu_isa"] + (", bf16 prefill on AMX" if info["cpu_amx"] else "")))
+    width = max(len(label) for label, _ in rows) + 2     # one column for the values, whatever the kernel names
+    for label, value in rows:
+        print(f"{label:<{width}}{value}")
     return 0
 
 

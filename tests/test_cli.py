@@ -173,3 +173,17 @@ def test_numeric_options_are_range_checked_before_anything_runs(option, value, m
     assert result.returncode == 2
     assert result.stdout == ""                       # nothing printed, not even the prompt
     assert result.stderr.strip().splitlines()[-1] == f"minimoe: error: {message}"
+
+
+def test_info_values_share_one_column():
+    """Every label, kernel names included (`decode_attention` once ran into its value), leaves two spaces."""
+    result = run("info")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert any(line.startswith("kernel decode_attention") for line in lines)
+    starts = set()
+    for line in lines:
+        # the value starts after the first run of two or more spaces
+        cut = line.index("  ")
+        starts.add(cut + len(line[cut:]) - len(line[cut:].lstrip(" ")))
+    assert len(starts) == 1, f"values start at columns {sorted(starts)}:\n{result.stdout}"
