@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import threading
 import time
 import warnings
 from typing import Callable, Sequence
@@ -209,12 +210,38 @@ def cycle_collection(enabled: bool):
     Measured at the mid-size model on the CPU, interleaved: 4-8% of the decode time. Reference counting still
     frees every tensor at once; cycles made in the loop are collected once the collector is back on.
     """
+    if not enabled:
+        with _pause_collector():
+            yield
+        return
     was_enabled = gc.isenabled()
-    (gc.enable if enabled else gc.disable)()
+    gc.enable()
     try:
         yield
     finally:
         (gc.enable if was_enabled else gc.disable)()
+
+
+_pause_lock = threading.Lock()
+_pause_state = {"active": 0, "was_enabled": True}
+
+
+@contextlib.contextmanager
+def _pause_collector():
+    """Collector off while any generation runs, in any thread; back as it was when the last one ends. (Each
+    call restoring what *it* saw would leave it off for good when two threads overlap: the second saw it off.)"""
+    with _pause_lock:
+        if _pause_state["active"] == 0:
+            _pause_state["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _pause_state["active"] += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pause_state["active"] -= 1
+            if _pause_state["active"] == 0 and _pause_state["was_enabled"]:
+                gc.enable()
 
 
 def _step_decoder(model, batch: int, needed: int, mode: str):
