@@ -1,0 +1,139 @@
+"""Fuzzing the compiled CPU ops with wrong and odd arguments, in a child process so that a crash is a failure.
+
+Each torch.ops.minimoe op among awq_gemm, awq_unpack, linear_stored and rms_norm is called with random shapes
+(matching or not), dtypes (including ints and float64), layouts (transposed, strided slices, flipped copies
+made non-contiguous) and empty sizes. Every call must either return the spec's answer (minimoe.awq /
+the formula, within the dtype's tolerance) or raise a RuntimeError from the argument checks. The child prints
+each case before making it; a segfault or abort shows up as a negative exit status with the last case named.
+decode_attention and decode_layer are not fuzzed here (their argument checks have named tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHILD = r'''
+import os, sys, torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st, HealthCheck
+import minimoe.ops as ops
+from minimoe import awq
+
+if not ops._has_kernel("awq_gemm", "cpu"):
+    print("SKIP no compiled CPU kernel"); sys.exit(0)
+N_EXAMPLES = int(sys.argv[1])
+FLOATS = [torch.float32, torch.float16, torch.bfloat16]
+ODD = [torch.float64, torch.int32, torch.int64, torch.uint8]
+
+
+def layout(t, how):
+    if how == "t" and t.dim() == 2:
+        return t.t().contiguous().t()          # same values, column-major strides
+    if how == "slice" and t.dim() >= 1 and t.shape[-1] >= 2:
+        return torch.cat([t, t], -1)[..., ::2]  # same values, stride 2
+    if how == "flip" and t.dim() >= 1:
+        return t.flip(0).flip(0)               # a copy (flip copies): contiguous again
+    return t
+
+
+def tolerance(dtype):
+    return 1e-4 if dtype == torch.float32 else 3e-2
+
+
+def check(name, call, expected):
+    print(name, flush=True)
+    try:
+        got = call()
+    except RuntimeError:
+        return
+    want = expected()
+    assert got.shape == want.shape and got.dtype == want.dtype, (name, got.shape, want.shape, got.dtype, want.dtype)
+    if got.numel():
+        scale = max(1.0, want.float().abs().max().item())
+        diff = (got.float() - want.float()).abs().max().item()
+        assert diff <= tolerance(want.dtype) * scale or not got.is_floating_point() and diff == 0, (name, diff)
+
+
+common = dict(max_examples=N_EXAMPLES, deadline=None, derandomize=False,
+              suppress_health_check=list(HealthCheck), database=None)
+
+
+@settings(**common)
+@given(M=st.sampled_from([0, 1, 3]), K=st.sampled_from([32, 64, 96]), N8=st.sampled_from([1, 2, 3]),
+       G=st.sampled_from([32, 64, 0, -1, 48]), dx=st.sampled_from(FLOATS + ODD), ds=st.sampled_from(FLOATS + [torch.int16]),
+       kx=st.integers(-1, 1), lx=st.sampled_from(["", "t", "slice", "flip"]), lq=st.sampled_from(["", "t", "slice"]),
+       qdtype=st.sampled_from([torch.int32, torch.int32, torch.int64, torch.float32]), seed=st.integers(0, 99))
+def fuzz_awq_gemm(M, K, N8, G, dx, ds, kx, lx, lq, qdtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    N = 8 * N8
+    groups = K // G if G > 0 and K % G == 0 else 1
+    x = layout((torch.randn(M, K + kx, generator=g) * 3).to(dx) if dx.is_floating_point
+               else torch.randint(0, 5, (M, K + kx), generator=g).to(dx), lx)
+    qweight = layout(torch.randint(-2**31, 2**31 - 1, (K, N8), generator=g, dtype=torch.int64).to(torch.int32).to(qdtype), lq)
+    qzeros = torch.randint(-2**31, 2**31 - 1, (groups, N8), generator=g, dtype=torch.int64).to(torch.int32)
+    scales = (torch.rand(groups, N, generator=g) * 0.1).to(ds)
+    check(f"awq_gemm x{list(x.shape)} {dx} {lx} q {qdtype} {lq} K{K} N{N} G{G} scales {ds}",
+          lambda: torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, G),
+          lambda: awq.awq_linear_reference(x, qweight, qzeros, scales, G))
+
+
+@settings(**common)
+@given(R=st.sampled_from([0, 1, 5]), C=st.sampled_from([0, 1, 3]), dtype=st.sampled_from([torch.int32, torch.int64, torch.float32]),
+       how=st.sampled_from(["", "t", "slice"]), seed=st.integers(0, 99))
+def fuzz_awq_unpack(R, C, dtype, how, seed):
+    g = torch.Generator().manual_seed(seed)
+    packed = layout(torch.randint(-2**31, 2**31 - 1, (R, C), generator=g, dtype=torch.int64).to(torch.int32).to(dtype), how)
+    check(f"awq_unpack {list(packed.shape)} {dtype} {how}", lambda: torch.ops.minimoe.awq_unpack(packed),
+          lambda: awq.unpack(packed))
+
+
+@settings(**common)
+@given(M=st.sampled_from([0, 1, 4]), K=st.sampled_from([8, 16, 33]), N=st.sampled_from([1, 8, 17]), kx=st.integers(-1, 1),
+       dx=st.sampled_from(FLOATS + ODD), dw=st.sampled_from(FLOATS + ODD), lx=st.sampled_from(["", "t", "slice"]),
+       lw=st.sampled_from(["", "t", "slice"]), seed=st.integers(0, 99))
+def fuzz_linear_stored(M, K, N, kx, dx, dw, lx, lw, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = layout(torch.randn(M, K + kx, generator=g).to(dx), lx)
+    w = layout(torch.randn(N, K, generator=g).to(dw), lw)
+    check(f"linear_stored x{list(x.shape)} {dx} {lx} w{list(w.shape)} {dw} {lw}",
+          lambda: torch.ops.minimoe.linear_stored(x, w), lambda: F.linear(x, w.to(x.dtype)))
+
+
+def rms_reference(x, w, eps):
+    x32 = x.float()
+    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@settings(**common)
+@given(shape=st.sampled_from([(0, 8), (1, 8), (3, 16), (2, 3, 16), (5,)]), C=st.sampled_from([8, 16, 7]),
+       dx=st.sampled_from(FLOATS + ODD), dw=st.sampled_from(FLOATS + [torch.float64]), lx=st.sampled_from(["", "t", "slice"]),
+       eps=st.sampled_from([1e-5, 0.0, 1.0]), seed=st.integers(0, 99))
+def fuzz_rms_norm(shape, C, dx, dw, lx, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = layout(torch.randn(*shape, generator=g).to(dx), lx)
+    w = torch.randn(C, generator=g).to(dw)
+    check(f"rms_norm x{list(x.shape)} {dx} {lx} w{C} {dw} eps{eps}", lambda: torch.ops.minimoe.rms_norm(x, w, eps),
+          lambda: rms_reference(x, w, eps))
+
+
+for fuzz in (fuzz_awq_gemm, fuzz_awq_unpack, fuzz_linear_stored, fuzz_rms_norm):
+    fuzz()
+print("DONE", flush=True)
+'''
+
+
+def test_ops_survive_fuzzed_arguments():
+    examples = 500 if os.environ.get("MINIMOE_HYPOTHESIS_PROFILE") == "thorough" else 60
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", CHILD, str(examples)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if "SKIP" in done.stdout:
+        pytest.skip("the compiled CPU extension is not built")
+    last = done.stdout.strip().splitlines()[-1:] or ["(nothing)"]
+    assert done.returncode >= 0, f"the op process died with signal {-done.returncode} at: {last[0]}"
+    assert done.returncode == 0 and "DONE" in done.stdout, f"{last[0]}\n{done.stderr[-3000:]}"
