@@ -114,6 +114,9 @@ def load(args):
     model = minimoe.load_model(path, dtype=dtype, device=device, progress=ProgressBar(f"loading {path}"),
                                engine=args.engine)
     tokenizer = minimoe.load_tokenizer(path)
+    from minimoe.loading import check_tokenizer
+
+    check_tokenizer(model.config, tokenizer, path)
     return model, tokenizer
 
 
@@ -248,18 +251,37 @@ def _human_count(n: float) -> str:
     return str(int(n))
 
 
+def _tokenizer_problems(checkpoint) -> list[str]:
+    """The tokenizer beside the checkpoint, if any, against its config (warnings are left to the caller)."""
+    import minimoe
+    from minimoe.loading import check_tokenizer
+
+    if not any(os.path.isfile(os.path.join(checkpoint.path, f)) for f in ("tokenizer.model", "tokenizer.json")):
+        return []
+    try:
+        check_tokenizer(checkpoint.config, minimoe.load_tokenizer(checkpoint.path), checkpoint.path)
+    except ValueError as error:
+        return [str(error)]
+    return []
+
+
 def cmd_inspect(args) -> int:
     from minimoe.checkpoint import Checkpoint, CheckpointError
 
+    import warnings
+
     checkpoint = Checkpoint(args.model, validate=False)
     problems = []
-    try:
-        checkpoint.validate()
-    except CheckpointError as error:
-        problems = str(error).split("\n  - ")[1:] or [str(error)]
+    with warnings.catch_warnings(record=True) as caught:   # every warning loading would give, reported
+        warnings.simplefilter("always")
+        try:
+            checkpoint.validate()
+        except CheckpointError as error:
+            problems = str(error).split("\n  - ")[1:] or [str(error)]
+        problems += _tokenizer_problems(checkpoint)
     c = checkpoint.config
     report = {"path": checkpoint.path, "config": c.to_dict(), "files": [os.path.basename(f) for f in checkpoint.files],
-              "problems": problems}
+              "problems": problems, "warnings": [str(w.message) for w in caught]}
     if not problems:
         report.update(checkpoint.stats())
     if args.json:
@@ -290,12 +312,16 @@ def cmd_inspect(args) -> int:
     print(checkpoint.path)
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
+    if report["warnings"]:
+        print(f"\n{len(report['warnings'])} warning(s):")
+        for w in report["warnings"]:
+            print(f"  - {w}")
     if problems:
         print(f"\n{len(problems)} problem(s):")
         for p in problems:
             print(f"  - {p}")
         return 1
-    print("\n  validation: ok")
+    print("\n  validation: ok" + (" (with the warnings above)" if report["warnings"] else ""))
     return 0
 
 

@@ -101,3 +101,21 @@ def _keep_stored(name: str, stored: torch.dtype, dtype: torch.dtype, device: tor
 def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name), attr, nn.Parameter(value, requires_grad=False))
+
+
+def check_tokenizer(config, tokenizer, where: str) -> None:
+    """The model and its tokenizer must agree: every id the tokenizer can produce needs an embedding row (a
+    larger model vocabulary is fine: releases pad it); where config.json and the tokenizer name different
+    special tokens, minimoe uses the tokenizer's and says so."""
+    import warnings
+
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{where}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                         f"{config.vocab_size}: ids {config.vocab_size}..{tokenizer.vocab_size - 1} have no embedding "
+                         "(wrong tokenizer for this checkpoint?)")
+    for key, tok_id, use in (("bos_token_id", tokenizer.bos_id, "prompts start with"),
+                             ("eos_token_id", tokenizer.eos_id, "generation stops at")):
+        cfg_id = getattr(config, key)
+        if cfg_id is not None and tok_id is not None and cfg_id != tok_id:
+            warnings.warn(f"{where}: config.json's {key} is {cfg_id} but the tokenizer's is {tok_id}; "
+                          f"{use} the tokenizer's ({tok_id})", stacklevel=2)

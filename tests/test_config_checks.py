@@ -94,3 +94,35 @@ def test_too_few_layers_is_an_error_not_a_truncated_model(plain_dir):
     edit_config(plain_dir, num_hidden_layers=1)
     with pytest.raises(ValueError, match=r"num_hidden_layers = 1, but the files hold layers 0\.\.1 \(2 layers\)"):
         minimoe.load_model(plain_dir)
+
+
+def _with_tokenizer(path):
+    default = os.path.join(os.path.dirname(minimoe.__file__), "default_model", "tokenizer.model")
+    with open(default, "rb") as f, open(os.path.join(path, "tokenizer.model"), "wb") as g:
+        g.write(f.read())
+    return path
+
+
+def _minimoe(*args):
+    return subprocess.run([sys.executable, "-m", "minimoe", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_tokenizer_larger_than_the_embedding_is_an_error(tmp_path):
+    path = _with_tokenizer(make_tiny_checkpoint(tmp_path / "small_vocab", quantized=False, vocab_size=1024, seed=1))
+    run = _minimoe("generate", "--model", path, "Hello", "--max-new-tokens", "2")
+    assert run.returncode == 2 and run.stdout == ""
+    assert "the tokenizer has 2048 tokens but the model's vocab_size is 1024" in run.stderr
+    inspect = _minimoe("inspect", path)
+    assert inspect.returncode == 1 and "the tokenizer has 2048 tokens" in inspect.stdout
+
+
+def test_special_tokens_that_disagree_warn_and_inspect_reports_it(tmp_path):
+    path = _with_tokenizer(make_tiny_checkpoint(tmp_path / "bos", quantized=False, vocab_size=2048, seed=1))
+    edit_config(path, bos_token_id=5)
+    run = _minimoe("generate", "--model", path, "Hello", "--max-new-tokens", "2")
+    assert run.returncode == 0, run.stderr
+    assert "config.json's bos_token_id is 5 but the tokenizer's is 1; prompts start with the tokenizer's" in run.stderr
+    inspect = _minimoe("inspect", path)
+    assert inspect.returncode == 0
+    assert "1 warning(s):" in inspect.stdout and "bos_token_id is 5" in inspect.stdout
+    assert "validation: ok (with the warnings above)" in inspect.stdout
