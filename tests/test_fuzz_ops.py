@@ -1,11 +1,12 @@
 """Fuzzing the compiled CPU ops with wrong and odd arguments, in a child process so that a crash is a failure.
 
-Each torch.ops.minimoe op among awq_gemm, awq_unpack, linear_stored and rms_norm is called with random shapes
+Each torch.ops.minimoe op among awq_gemm, awq_unpack, linear_stored, rms_norm and decode_attention is called with random shapes
 (matching or not), dtypes (including ints and float64), layouts (transposed, strided slices, flipped copies
 made non-contiguous) and empty sizes. Every call must either return the spec's answer (minimoe.awq /
 the formula, within the dtype's tolerance) or raise a RuntimeError from the argument checks. The child prints
 each case before making it; a segfault or abort shows up as a negative exit status with the last case named.
-decode_attention and decode_layer are not fuzzed here (their argument checks have named tests)."""
+decode_attention is fuzzed from a valid fp32 call with one argument damaged (dtype, rank, one size, layout,
+the slot); decode_layer is not fuzzed here (its argument checks have named tests)."""
 
 from __future__ import annotations
 
@@ -121,7 +122,46 @@ def fuzz_rms_norm(shape, C, dx, dw, lx, eps, seed):
           lambda: rms_reference(x, w, eps))
 
 
-for fuzz in (fuzz_awq_gemm, fuzz_awq_unpack, fuzz_linear_stored, fuzz_rms_norm):
+from tests.test_decode_ops import attention_case, attention_spec
+
+
+@settings(**common)
+@given(B=st.integers(1, 2), heads=st.sampled_from([(4, 2), (4, 1), (2, 2)]), D=st.sampled_from([8, 16]),
+       slot=st.integers(0, 6), extra=st.integers(0, 2), seed=st.integers(0, 99),
+       target=st.sampled_from(["q", "k", "v", "cos", "sin", "key_cache", "value_cache", "mask", "slot", "none"]),
+       change=st.sampled_from(["dtype", "float64", "rank", "dim", "layout"]), dim=st.integers(0, 3),
+       delta=st.sampled_from([-1, 1, 5]))
+def fuzz_decode_attention(B, heads, D, slot, extra, seed, target, change, dim, delta):
+    H, Hkv = heads
+    args = dict(zip(["q", "k", "v", "cos", "sin", "key_cache", "value_cache", "mask"],
+                    attention_case(B, H, Hkv, D, slot + 1 + extra, slot, torch.float32, seed)))
+    args["slot"], args["scale"] = slot, D ** -0.5
+    if target == "slot":
+        args["slot"] = slot + delta
+    elif target != "none":
+        t = args[target]
+        if change == "dtype":
+            t = t.to(torch.int32 if t.dtype == torch.bool else torch.bfloat16)
+        elif change == "float64":
+            t = t.double()
+        elif change == "rank":
+            t = t.unsqueeze(0)
+        elif change == "dim":
+            d = dim % t.dim()
+            size = max(0, t.shape[d] + delta)
+            t = torch.zeros(*t.shape[:d], size, *t.shape[d + 1:], dtype=t.dtype)
+        else:
+            t = layout(t, "slice")
+        args[target] = t
+    reference = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    name = f"decode_attention B{B} H{H}/{Hkv} D{D} slot{slot}+{extra}: {target} {change} d{dim} {delta:+d}"
+
+    def expected():
+        return attention_spec(**reference)[0].to(torch.float32)
+    check(name, lambda: torch.ops.minimoe.decode_attention(**args), expected)
+
+
+for fuzz in (fuzz_awq_gemm, fuzz_awq_unpack, fuzz_linear_stored, fuzz_rms_norm, fuzz_decode_attention):
     fuzz()
 print("DONE", flush=True)
 '''
