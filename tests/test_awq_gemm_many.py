@@ -107,3 +107,26 @@ def test_linear_many_is_each_layer_called_alone(kernel):
         got = linear_many(inputs, layers)
         for y, layer, xi in zip(got, layers, expect_inputs):
             assert torch.equal(y, layer(xi))
+
+
+@pytest.mark.skipif(not ops._has_kernel("awq_gemm_many", "cpu"), reason="the compiled CPU extension is not built")
+@pytest.mark.parametrize("which", ["x", "qweight", "qzeros", "scales"])
+def test_non_contiguous_arguments_give_the_reference(which):
+    """Each decode job held pointers into contiguous copies that were freed before it ran (found by the op
+    fuzzer: a column-major qweight gave errors of order 1)."""
+    from minimoe import awq
+
+    jobs = []
+    for seed in (0, 1):
+        qweight, qzeros, scales, _ = random_awq(128, 64, 64, seed, "cpu")
+        x = torch.randn(2, 128, generator=torch.Generator().manual_seed(seed))
+        args = dict(x=x, qweight=qweight, qzeros=qzeros, scales=scales)
+        args[which] = args[which].t().contiguous().t() if args[which].shape[0] > 1 else \
+            torch.cat([args[which], args[which]], -1)[..., ::2]
+        assert not args[which].is_contiguous()
+        jobs.append(args)
+    ys = torch.ops.minimoe.awq_gemm_many([j["x"] for j in jobs], [j["qweight"] for j in jobs],
+                                         [j["qzeros"] for j in jobs], [j["scales"] for j in jobs], [64, 64])
+    for j, y in zip(jobs, ys):
+        want = awq.awq_linear_reference(j["x"], j["qweight"], j["qzeros"], j["scales"], 64)
+        assert torch.allclose(y, want, atol=1e-4 * want.abs().max().item(), rtol=0)

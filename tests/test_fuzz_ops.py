@@ -1,6 +1,6 @@
 """Fuzzing the compiled CPU ops with wrong and odd arguments, in a child process so that a crash is a failure.
 
-Each torch.ops.minimoe op among awq_gemm, awq_unpack, linear_stored, rms_norm and decode_attention is called with random shapes
+Each torch.ops.minimoe op among awq_gemm, awq_gemm_many, awq_unpack, linear_stored, rms_norm and decode_attention is called with random shapes
 (matching or not), dtypes (including ints and float64), layouts (transposed, strided slices, flipped copies
 made non-contiguous) and empty sizes. Every call must either return the spec's answer (minimoe.awq /
 the formula, within the dtype's tolerance) or raise a RuntimeError from the argument checks. The child prints
@@ -64,12 +64,14 @@ common = dict(max_examples=N_EXAMPLES, deadline=None, derandomize=False,
               suppress_health_check=list(HealthCheck), database=None)
 
 
-@settings(**common)
-@given(M=st.sampled_from([0, 1, 3]), K=st.sampled_from([32, 64, 96]), N8=st.sampled_from([1, 2, 3]),
-       G=st.sampled_from([32, 64, 0, -1, 48]), dx=st.sampled_from(FLOATS + ODD), ds=st.sampled_from(FLOATS + [torch.int16]),
-       kx=st.integers(-1, 1), lx=st.sampled_from(["", "t", "slice", "flip"]), lq=st.sampled_from(["", "t", "slice"]),
-       qdtype=st.sampled_from([torch.int32, torch.int32, torch.int64, torch.float32]), seed=st.integers(0, 99))
-def fuzz_awq_gemm(M, K, N8, G, dx, ds, kx, lx, lq, qdtype, seed):
+awq_args = dict(M=st.sampled_from([0, 1, 3]), K=st.sampled_from([32, 64, 96]), N8=st.sampled_from([1, 2, 3]),
+                G=st.sampled_from([32, 64, 0, -1, 48]), dx=st.sampled_from(FLOATS + ODD),
+                ds=st.sampled_from(FLOATS + [torch.int16]), kx=st.integers(-1, 1),
+                lx=st.sampled_from(["", "t", "slice", "flip"]), lq=st.sampled_from(["", "t", "slice"]),
+                qdtype=st.sampled_from([torch.int32, torch.int32, torch.int64, torch.float32]), seed=st.integers(0, 99))
+
+
+def awq_case(M, K, N8, G, dx, ds, kx, lx, lq, qdtype, seed):
     g = torch.Generator().manual_seed(seed)
     N = 8 * N8
     groups = K // G if G > 0 and K % G == 0 else 1
@@ -78,9 +80,37 @@ def fuzz_awq_gemm(M, K, N8, G, dx, ds, kx, lx, lq, qdtype, seed):
     qweight = layout(torch.randint(-2**31, 2**31 - 1, (K, N8), generator=g, dtype=torch.int64).to(torch.int32).to(qdtype), lq)
     qzeros = torch.randint(-2**31, 2**31 - 1, (groups, N8), generator=g, dtype=torch.int64).to(torch.int32)
     scales = (torch.rand(groups, N, generator=g) * 0.1).to(ds)
-    check(f"awq_gemm x{list(x.shape)} {dx} {lx} q {qdtype} {lq} K{K} N{N} G{G} scales {ds}",
-          lambda: torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, G),
-          lambda: awq.awq_linear_reference(x, qweight, qzeros, scales, G))
+    name = f"x{list(x.shape)} {dx} {lx} q {qdtype} {lq} K{K} N{N} G{G} scales {ds}"
+    return name, (x, qweight, qzeros, scales, G)
+
+
+@settings(**common)
+@given(**awq_args)
+def fuzz_awq_gemm(**kw):
+    name, args = awq_case(**kw)
+    check(f"awq_gemm {name}", lambda: torch.ops.minimoe.awq_gemm(*args), lambda: awq.awq_linear_reference(*args))
+
+
+@settings(**common)
+@given(cases=st.lists(st.fixed_dictionaries(awq_args), min_size=1, max_size=3), drop=st.integers(-1, 4))
+def fuzz_awq_gemm_many(cases, drop):
+    built = [awq_case(**kw) for kw in cases]
+    lists = [[args[i] for _, args in built] for i in range(5)]
+    if 0 <= drop < 5 and len(built) > 1:
+        lists[drop] = lists[drop][:-1]          # one list shorter than the others
+    names = "; ".join(name for name, _ in built)
+    print(f"awq_gemm_many [{names}] drop {drop}", flush=True)
+    try:
+        got = torch.ops.minimoe.awq_gemm_many(*lists)
+    except RuntimeError:
+        return
+    assert len(got) == len(built) and all(len(l) == len(built) for l in lists), "accepted lists of unequal length"
+    for (name, args), y in zip(built, got):
+        want = awq.awq_linear_reference(*args)
+        assert y.shape == want.shape and y.dtype == want.dtype, name
+        if y.numel():
+            scale = max(1.0, want.float().abs().max().item())
+            assert (y.float() - want.float()).abs().max().item() <= tolerance(want.dtype) * scale, name
 
 
 @settings(**common)
@@ -161,7 +191,7 @@ def fuzz_decode_attention(B, heads, D, slot, extra, seed, target, change, dim, d
     check(name, lambda: torch.ops.minimoe.decode_attention(**args), expected)
 
 
-for fuzz in (fuzz_awq_gemm, fuzz_awq_unpack, fuzz_linear_stored, fuzz_rms_norm, fuzz_decode_attention):
+for fuzz in (fuzz_awq_gemm, fuzz_awq_gemm_many, fuzz_awq_unpack, fuzz_linear_stored, fuzz_rms_norm, fuzz_decode_attention):
     fuzz()
 print("DONE", flush=True)
 '''

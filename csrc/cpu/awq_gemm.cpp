@@ -462,6 +462,11 @@ std::vector<at::Tensor> awq_gemm_many_cpu(at::TensorList xs, at::TensorList qwei
   const Isa isa = choose_isa();
   std::vector<at::Tensor> ys(n);
   std::vector<DecodeJob> jobs;
+  // A DecodeJob holds raw pointers into its tensors until run_decode: the contiguous copies of non-contiguous
+  // inputs must outlive the loop (a temporary's copy was freed before the jobs ran: wrong results, found by
+  // tests/test_fuzz_ops.py with a column-major qweight).
+  std::vector<at::Tensor> alive;
+  alive.reserve(4 * n);
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor x = xs[i].contiguous(), scale = scales[i].contiguous();
     const Tier tier = tier_for(isa, scale);
@@ -470,7 +475,9 @@ std::vector<at::Tensor> awq_gemm_many_cpu(at::TensorList xs, at::TensorList qwei
       continue;
     }
     ys[i] = at::empty({x.size(0), 8 * qweights[i].size(1)}, x.options());
-    jobs.push_back(plan_decode(x, qweights[i].contiguous(), qzeros[i].contiguous(), scale, group_sizes[i], ys[i],
+    for (const at::Tensor& t : {x, qweights[i].contiguous(), qzeros[i].contiguous(), scale}) alive.push_back(t);
+    const size_t k = alive.size();
+    jobs.push_back(plan_decode(alive[k - 4], alive[k - 3], alive[k - 2], alive[k - 1], group_sizes[i], ys[i],
                                tier.vector, tier.avx2));
   }
   if (!jobs.empty()) run_decode(jobs);
