@@ -435,7 +435,7 @@ def _quantize_awq(args) -> dict:
     import resource
 
     import minimoe
-    from minimoe.checkpoint import Checkpoint
+    from minimoe.config import load_config
     from minimoe.quantize import awq_search, quantize_checkpoint
 
     if not args.calib:
@@ -446,7 +446,7 @@ def _quantize_awq(args) -> dict:
     settings.check()
     with open(args.calib, encoding="utf-8") as f:
         text = f.read()
-    config = Checkpoint(args.src).config
+    config = load_config(args.src)   # only the context length is needed here; quantize_checkpoint validates
     seq_len = args.seq_len or min(512, config.max_position_embeddings)
     ids = minimoe.load_tokenizer(args.src).encode(text, bos=True)
     windows = awq_search.calibration_windows(ids, args.samples, seq_len)

@@ -447,9 +447,7 @@ def quantize_layers(config: ModelConfig, embed_weight: torch.Tensor, windows: to
     for i, layer in enumerate(layers):
         layer_start = time.perf_counter()
         x = streams["awq"] if settings.inputs == "quantized" else streams["fp"]
-        rtn = copy.deepcopy(layer)
-        for linear in quantized_linears(rtn).values():
-            linear.weight.copy_(fake_quantize(linear.weight, settings.group_size, settings.bits))
+        rtn = _round_to_nearest(copy.deepcopy(layer), settings.group_size, settings.bits)
         fp_next, fp_route = layer(streams["fp"], cos, sin, mask, None)
         fp_here = fp_next if x is streams["fp"] else layer(x, cos, sin, mask, None)[0]
         rtn_here = rtn(x, cos, sin, mask, None)[0]
@@ -505,11 +503,16 @@ def quantize_model(model: Transformer, windows: torch.Tensor, settings: Settings
 
 def round_to_nearest_model(model: Transformer, group_size: int, bits: int = 4) -> Transformer:
     """RTN on a model in memory, in place: every decoder linear W -> Q(W). The baseline AWQ is measured against."""
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for linear in quantized_linears(layer).values():
-                linear.weight.copy_(fake_quantize(linear.weight, group_size, bits))
+    for layer in model.model.layers:
+        _round_to_nearest(layer, group_size, bits)
     return model
+
+
+@torch.no_grad()
+def _round_to_nearest(layer: DecoderLayer, group_size: int, bits: int) -> DecoderLayer:
+    for linear in quantized_linears(layer).values():
+        linear.weight.copy_(fake_quantize(linear.weight, group_size, bits))
+    return layer
 
 
 def load_layer(checkpoint, config: ModelConfig, i: int) -> DecoderLayer:
