@@ -1,6 +1,7 @@
 """The `minimoe` command line (also `python -m minimoe`). Thin: parse arguments, call the library, print.
 
     minimoe generate [--model DIR] "prompt"   stream a continuation (default: the built-in model)
+    torchrun --nproc-per-node N -m minimoe generate --expert-parallel "prompt"   ... each rank holding 1/N experts
     minimoe chat [--model DIR]                an interactive loop (the checkpoint's chat template if it has one)
     minimoe route [--model DIR] "text"        which experts each token chose, per layer, with statistics
     minimoe train --data DIR --out DIR        train a Mixtral from scratch on a folder of .txt documents
@@ -99,20 +100,23 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def load(args):
-    """Model + tokenizer from --model (or the built-in default), on --device in --dtype."""
+def load(args, expert_parallel=None):
+    """Model + tokenizer from --model (or the built-in default), on --device in --dtype.
+
+    expert_parallel: this rank's minimoe.parallel.ExpertParallel (its experts only; only rank 0 talks)."""
     import minimoe
 
     path = args.model or DEFAULT_MODEL
-    device = resolve_device(args.device)
+    device = resolve_device(args.device) if expert_parallel is None else resolve_device(expert_parallel.device)
     dtype = resolve_dtype(args.dtype, device)
+    talk = expert_parallel is None or expert_parallel.rank == 0
     if not os.path.isdir(path):
         raise ValueError(f"{path}: not a directory (expected a checkpoint directory with config.json)")
-    if not args.model:
+    if not args.model and talk:
         print("minimoe: using the built-in model (a tiny Mixtral trained on Shakespeare, AWQ int4; "
               "docs/training.md)", file=sys.stderr)
-    model = minimoe.load_model(path, dtype=dtype, device=device, progress=ProgressBar(f"loading {path}"),
-                               engine=args.engine)
+    model = minimoe.load_model(path, dtype=dtype, device=device, engine=args.engine, expert_parallel=expert_parallel,
+                               progress=ProgressBar(f"loading {path}") if talk else None)
     tokenizer = minimoe.load_tokenizer(path)
     from minimoe.loading import check_tokenizer
 
@@ -139,26 +143,73 @@ def sampling_from(args):
 
 
 def cmd_generate(args) -> int:
+    sampling = sampling_from(args)
+    sampling.check()                     # a bad option is one error line, before anything loads or prints
+    if not args.expert_parallel:
+        return _generate(args, sampling, None)
+    from minimoe import parallel
+
+    ep = parallel.init(resolve_device(args.device), dispatch=args.dispatch)
+    try:
+        return _generate(args, sampling, ep)
+    finally:
+        parallel.shutdown()
+
+
+def _generate(args, sampling, ep) -> int:
     from minimoe import ops
     from minimoe.generate import generate
 
-    sampling = sampling_from(args)
-    sampling.check()                     # a bad option is one error line, before anything loads or prints
-    model, tokenizer = load(args)
+    model, tokenizer = load(args, expert_parallel=ep)
+    talk = ep is None or ep.rank == 0
+    if ep is not None:
+        _report_shard(model, ep)
 
     def stream(row: int, text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    sys.stdout.write(args.prompt)
-    result = generate(model, tokenizer, args.prompt, sampling, on_token=stream)
+    if talk:
+        sys.stdout.write(args.prompt)
+    result = generate(model, tokenizer, args.prompt, sampling, on_token=stream if talk else None)
+    memory = peak_memory(model.device)
+    if ep is not None:
+        memory = _gather_peaks(model, ep)
+    if not talk:
+        return 0
     sys.stdout.write("\n")
     kind = "torch.compile, compiled" if model.engine == "compile" else "CUDA graph, captured"
     graph = f" ({kind} in {result.graph_seconds * 1e3:.0f} ms)" if result.graph_seconds else ""
     print(f"[{len(result.tokens[0])} tokens, {result.finish_reasons[0]}; prefill {result.prompt_tokens[0]} tokens "
           f"at {result.prefill_tokens_per_s:.1f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s{graph}; "
-          f"engine {model.engine}, int4 kernel {ops.awq_backend(model.device)}; peak memory {peak_memory(model.device)}]", file=sys.stderr)
+          f"engine {model.engine}, int4 kernel {ops.awq_backend(model.device)}; peak memory {memory}]", file=sys.stderr)
     return 0
+
+
+def _report_shard(model, ep) -> None:
+    """One stderr line per rank: which experts it holds and the bytes it loaded."""
+    from minimoe import parallel
+
+    block = model.model.layers[0].block_sparse_moe
+    held = [int(e) for e in block.experts]
+    print(f"minimoe: expert-parallel rank {ep.rank} of {ep.world}: experts {held} of each layer's "
+          f"{block.num_experts}, {_human_bytes(parallel.loaded_bytes(model))} loaded, dispatch {block.dispatch}",
+          file=sys.stderr, flush=True)
+
+
+def _gather_peaks(model, ep) -> str:
+    """Every rank's peak memory, gathered to one line (a float tensor, not pickled objects)."""
+    import resource
+
+    import torch
+
+    if model.device.type == "cuda":
+        mine = torch.cuda.max_memory_allocated(model.device) / 1e9
+    else:
+        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    every = ep.all_gather_rows(torch.tensor([[mine]], device=model.device), [1] * ep.world, "peak memory")
+    unit = "GB GPU" if model.device.type == "cuda" else "GB RSS"
+    return ", ".join(f"rank {r} {value:.2f} {unit}" for r, value in enumerate(every[:, 0].tolist()))
 
 
 def render_chat(tokenizer_dir: str, messages: list[dict]) -> tuple[str, tuple[str, ...]]:
@@ -284,6 +335,10 @@ def cmd_inspect(args) -> int:
               "problems": problems, "warnings": [str(w.message) for w in caught]}
     if not problems:
         report.update(checkpoint.stats())
+        if args.expert_parallel:
+            from minimoe.parallel import split_bytes
+
+            report["expert_parallel"] = split_bytes(checkpoint, args.expert_parallel)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 1 if problems else 0
@@ -316,6 +371,14 @@ def cmd_inspect(args) -> int:
         print(f"\n{len(report['warnings'])} warning(s):")
         for w in report["warnings"]:
             print(f"  - {w}")
+    if report.get("expert_parallel"):
+        print(f"\n  expert parallel over {args.expert_parallel} ranks (each loads the replicated part and its experts):")
+        for row in report["expert_parallel"]:
+            held = row["experts"]
+            span = f"{held[0]}-{held[-1]}" if len(held) > 1 else f"{held[0]}"
+            print(f"    rank {row['rank']}  experts {span} of {c.num_local_experts}  "
+                  f"{_human_bytes(row['replicated_bytes'])} replicated + {_human_bytes(row['expert_bytes'])} experts "
+                  f"= {_human_bytes(row['total_bytes'])}")
     if problems:
         print(f"\n{len(problems)} problem(s):")
         for p in problems:
@@ -512,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt")
     model_options(generate)
     sampling_options(generate)
+    generate.add_argument("--expert-parallel", action="store_true",
+                          help="run as one rank of several started by torchrun, holding only its share of each "
+                               "layer's experts (docs/expert-parallel.md)")
+    generate.add_argument("--dispatch", choices=["auto", "all_reduce", "all_to_all"], default="auto",
+                          help="expert parallel: how tokens reach their experts (default auto: the collective "
+                               "that moves fewer bytes)")
     generate.set_defaults(func=cmd_generate)
     chat = sub.add_parser("chat", help="an interactive chat loop on stdin")
     model_options(chat)
@@ -576,6 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="describe and validate a checkpoint directory")
     inspect.add_argument("model", help="checkpoint directory (config.json + *.safetensors)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--expert-parallel", type=int, metavar="N",
+                         help="also show how expert parallelism over N ranks would split it (bytes per rank)")
     inspect.set_defaults(func=cmd_inspect)
     return parser
 

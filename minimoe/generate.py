@@ -174,6 +174,8 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], cfg: SamplingConfig | 
                 with torch.inference_mode():
                     logits = model(feed, cache=cache, attention_mask=feed_mask, last_token_only=True)[:, -1]
             token = next_tokens(logits, cfg, seen, generator)
+            if getattr(model, "expert_parallel", None) is not None:  # every rank goes on with rank 0's choice
+                token = model.expert_parallel.broadcast(token, f"step {step}'s tokens")
             token_list = token.tolist()  # synchronises, so the timing below is honest on a GPU too
             elapsed = time.perf_counter() - t0
             if step == 0:

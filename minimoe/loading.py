@@ -19,7 +19,8 @@ from minimoe.model import RotaryEmbedding, Transformer
 
 
 def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
-               device: str | torch.device = "cpu", progress=None, engine: str | None = None) -> Transformer:
+               device: str | torch.device = "cpu", progress=None, engine: str | None = None,
+               expert_parallel=None) -> Transformer:
     """Load a checkpoint directory into a Transformer in eval mode, run by `engine`.
 
     dtype: activations and plain weights (default: the checkpoint's own dtype); fp32, fp16 or bf16.
@@ -27,8 +28,15 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
     progress: optional callable(done, total) called as tensors are placed (the CLI draws a bar with it).
     engine: which engine runs it (minimoe/engines: "reference", "native", "compile", "cuda-graph" or "auto");
         default $MINIMOE_ENGINE, else "auto". `print(model)` shows it.
+    expert_parallel: a minimoe.parallel.ExpertParallel (from parallel.init()): this rank builds and loads only
+        its own experts' tensors (minimoe/parallel). Runs on the reference or native engine ("auto" = native).
     """
-    engines.check_name(engine)  # a typo fails before minutes of loading, not after
+    name = engines.check_name(engine)  # a typo fails before minutes of loading, not after
+    if expert_parallel is not None:
+        if name in ("compile", "cuda-graph"):
+            raise ValueError(f"engine {name!r} cannot run expert parallelism (its collectives cannot be captured "
+                             "in a graph): use 'native' or 'reference'")
+        engine = "reference" if name == "reference" else "native"
     checkpoint = Checkpoint(path)
     config = checkpoint.config
     if isinstance(dtype, str):
@@ -46,6 +54,11 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
 
     plain = plain_tensor_specs(config)
     linears = linear_names(config)
+    if expert_parallel is not None:  # other ranks' experts leave the module tree before they hold a byte
+        from minimoe.parallel import shard_model
+
+        shard_model(model, expert_parallel)
+        linears = {p: shape for p, shape in linears.items() if expert_parallel.holds(p, config.num_local_experts)}
     total, done = len(plain) + len(linears), 0
     for name in plain:
         tensor = checkpoint.tensor(name)
@@ -79,6 +92,7 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
     leftover = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if leftover:
         raise RuntimeError(f"internal error: tensors left unloaded: {leftover[:5]}")
+    model.expert_parallel = expert_parallel  # generate() reads it: every rank continues with rank 0's tokens
     return engines.use(model, engine)
 
 

@@ -145,6 +145,8 @@ class NativeDecoderLayer(DecoderLayer):
         attention = [attn["q_proj"], attn["k_proj"], attn["v_proj"], attn["o_proj"]]
         norms = [modules["input_layernorm"], modules["post_attention_layernorm"]]
         moe = modules.get("block_sparse_moe")
+        if moe is not None and type(moe) is not SparseMoeBlock and type(moe) is not NativeSparseMoeBlock:
+            return None  # e.g. minimoe/parallel's block, whose experts live on several ranks
         if moe is not None:
             ffn = [e._modules[name] for e in moe._modules["experts"] for name in ("w1", "w3", "w2")]
         else:
