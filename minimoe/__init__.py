@@ -27,6 +27,7 @@ _LAZY = {
     "tokenizer": ("minimoe.tokenizer", None),
     "generate": ("minimoe.generate", None),
     "train": ("minimoe.train", None),
+    "parallel": ("minimoe.parallel", None),
     "load_model": ("minimoe.loading", "load_model"),
     "load_tokenizer": ("minimoe.tokenizer", "load_tokenizer"),
 }

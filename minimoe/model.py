@@ -56,7 +56,9 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+        # D/2 numbers, made on the CPU even when the model is built on the meta device (load_model does): there,
+        # `theta ** exponent` would import torch's symbolic-shape machinery, 155 MB of RSS for nothing.
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
         self.register_buffer("inv_freq", 1.0 / (theta ** exponent), persistent=False)  # (D/2,)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
