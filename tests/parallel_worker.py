@@ -4,8 +4,8 @@
 
 JOB.json: {"cases": [{"name", "checkpoint", "dtype", "dispatch", "engine", "prompts", "max_new_tokens"}],
            "die": [rank, layer] or null}  -- `die`: that rank exits abruptly when layer's MoE block starts.
-Each case writes OUT_DIR/<name>.rank<r>.safetensors (the padded batch's prefill logits) and .json (the generated
-tokens, the bytes this rank holds, its experts). Nothing is pickled.
+Each case writes OUT_DIR/<name>.rank<r>.safetensors (the padded batch's prefill logits) and .json (the greedy and
+the sampled tokens, the bytes this rank holds, its experts). Nothing is pickled.
 """
 
 import dataclasses
@@ -19,6 +19,9 @@ from safetensors.torch import save_file
 import minimoe
 from minimoe import parallel
 from minimoe.generate import SamplingConfig, generate_ids
+
+
+SAMPLED = {"temperature": 0.9, "top_p": 0.95, "seed": 7}   # a sampled generation too: every rank must agree
 
 
 def padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,11 +50,12 @@ def main(job_path: str, out_dir: str) -> None:
         with torch.inference_mode():
             logits = model(ids, attention_mask=mask)
         result = generate_ids(model, case["prompts"], SamplingConfig(max_new_tokens=case["max_new_tokens"]))
+        sampled = generate_ids(model, case["prompts"], SamplingConfig(max_new_tokens=case["max_new_tokens"], **SAMPLED))
         blocks = [layer.block_sparse_moe for layer in model.model.layers]
         stem = os.path.join(out_dir, f"{case['name']}.rank{ep.rank}")
         save_file({"logits": logits.float().contiguous()}, stem + ".safetensors")
         with open(stem + ".json", "w") as f:
-            json.dump({"tokens": result.tokens, "loaded_bytes": parallel.loaded_bytes(model),
+            json.dump({"tokens": result.tokens, "sampled": sampled.tokens, "loaded_bytes": parallel.loaded_bytes(model),
                        "experts": [int(e) for e in blocks[0].experts], "dispatch": blocks[0].dispatch,
                        "engine": model.engine}, f)
     parallel.shutdown()

@@ -26,7 +26,7 @@ from minimoe.testing import make_tiny_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "parallel_worker.py")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from parallel_worker import padded  # noqa: E402
+from parallel_worker import SAMPLED, padded  # noqa: E402
 
 PROMPTS = [[1, 17, 33, 5, 60, 2], [1, 99], [1, 4, 200, 7]]   # three lengths: a left-padded batch
 TOLERANCE = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 6e-2}
@@ -91,6 +91,7 @@ def check_against_single_process(cases: list[dict], out_dir, world: int, shards:
         with torch.inference_mode():
             want = model(ids, attention_mask=mask).float()
         tokens = generate_ids(model, c["prompts"], SamplingConfig(max_new_tokens=c["max_new_tokens"])).tokens
+        sampled = generate_ids(model, c["prompts"], SamplingConfig(max_new_tokens=c["max_new_tokens"], **SAMPLED)).tokens
         per_rank = []
         for rank in range(world):
             stem = os.path.join(out_dir, f"{c['name']}.rank{rank}")
@@ -103,6 +104,7 @@ def check_against_single_process(cases: list[dict], out_dir, world: int, shards:
             assert error <= TOLERANCE[c["dtype"]] * max(1.0, want.abs().max().item()), \
                 f"{c['name']} rank {rank}: logits differ from one process by {error}"
             assert meta["tokens"] == tokens, f"{c['name']} rank {rank}: generated {meta['tokens']}, one process {tokens}"
+            assert meta["sampled"] == sampled, f"{c['name']} rank {rank}: sampled {meta['sampled']}, one process {sampled}"
             assert meta["experts"] == shards[c["name"]][rank], f"{c['name']} rank {rank}: held {meta['experts']}"
             assert meta["dispatch"] == c["dispatch"]
             assert meta["loaded_bytes"] == expected_bytes(c["checkpoint"], meta["experts"]), \
