@@ -202,6 +202,7 @@ def unpack(packed: torch.Tensor) -> torch.Tensor:
 
     Correct for negative words (top nibble >= 8): each nibble is shifted down and masked with 0xF.
     """
+    # [task 4.1]
     if not isinstance(packed, torch.Tensor):
         raise ValueError(f"packed must be a torch.Tensor, found {type(packed).__name__}")
     if packed.dtype != torch.int32:
@@ -213,6 +214,7 @@ def unpack(packed: torch.Tensor) -> torch.Tensor:
     shifts = torch.tensor([4 * nibble for nibble in REVERSE], dtype=torch.int32, device=packed.device)
     codes = (packed.unsqueeze(-1) >> shifts) & 0xF  # [R, C, 8]: codes[r, c, j] = channel 8c + j
     return codes.reshape(R, C * CODES_PER_WORD).to(torch.uint8)
+    # [/task 4.1]
 
 
 # ------------------------------------------------------------------------------------------------ quantize
@@ -287,6 +289,7 @@ def dequantize(qweight, qzeros, scales, group_size: int, dtype: torch.dtype | No
     dtype holds exactly. In float32 or float64 the product of a float16 scale and such an integer is exact;
     in float16 or bfloat16 it is rounded once, as a kernel dequantizing into half precision would round it.
     """
+    # [task 4.2]
     K, N = check_awq_tensors(qweight, qzeros, scales, group_size)
     dtype = scales.dtype if dtype is None else dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -296,6 +299,7 @@ def dequantize(qweight, qzeros, scales, group_size: int, dtype: torch.dtype | No
     z = unpack(qzeros).to(dtype).unsqueeze(1)  # [K/G, 1, N]: one zero per group, broadcast over its G rows
     s = scales.to(dtype).unsqueeze(1)  # [K/G, 1, N]
     return ((q - z) * s).reshape(K, N)
+    # [/task 4.2]
 
 
 def reconstruction_error(weight, qweight, qzeros, scales, group_size: int) -> float:

@@ -57,11 +57,13 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this forward's k/v (B, Hkv, T, D) at slots length..length+T; return all L + T of them."""
+        # [task 2.3]
         keys, values, start = self.reserve(layer, k)
         t = k.shape[2]
         keys[:, :, start:start + t] = k
         values[:, :, start:start + t] = v
         return keys[:, :, :start + t], values[:, :, :start + t]
+        # [/task 2.3]
 
     def commit(self) -> None:
         """The tokens of the forward begun last are now part of the cache."""

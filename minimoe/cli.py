@@ -10,6 +10,7 @@
     minimoe quantize SRC DST --method awq --calib FILE   ... with AWQ's activation-aware search
     minimoe inspect DIR   architecture, parameter counts, quantization, bytes on disk and read per token
     minimoe info          how the native extension was built and which backend runs the int4 op per device
+    minimoe grade assignments/a1_norm_rope [--solution DIR]   grade a course assignment, a score per task
 
 Errors a user can cause (a bad path, a corrupt checkpoint, a prompt too long...) print one sentence and exit
 non-zero; --debug shows the traceback instead.
@@ -388,6 +389,22 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_grade(args) -> int:
+    """Hand over to the grader of the assignments folder named (assignments/grade.py, next to that folder)."""
+    folder = os.path.abspath(args.assignment)
+    root = os.path.dirname(os.path.dirname(folder))
+    if not os.path.isfile(os.path.join(root, "assignments", "grade.py")):
+        raise ValueError(f"{args.assignment}: not an assignment folder (expected assignments/<name>/ of a minimoe "
+                         "checkout, e.g. assignments/a1_norm_rope)")
+    sys.path.insert(0, root)
+    from assignments.grade import main as grade_main
+
+    forwarded = [args.assignment] + (["--solution", args.solution] if args.solution else [])
+    forwarded += (["--json", args.json] if args.json else []) + (["--gradescope", args.gradescope] if args.gradescope else [])
+    forwarded += ["--timeout", str(args.timeout)] if args.timeout else []
+    return grade_main(forwarded)
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -642,6 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--summary", help="write the summary as JSON to this file")
     quantize.add_argument("--json", action="store_true", help="print the summary as JSON")
     quantize.set_defaults(func=cmd_quantize)
+    grade = sub.add_parser("grade", help="grade a course assignment (assignments/): a score table per task")
+    grade.add_argument("assignment", help="the assignment folder, e.g. assignments/a1_norm_rope")
+    grade.add_argument("--solution", help="the directory holding the student's files (default: minimoe itself)")
+    grade.add_argument("--json", help="also write the report as JSON")
+    grade.add_argument("--gradescope", help="also write Gradescope's results.json")
+    grade.add_argument("--timeout", type=float, default=None, help="seconds for the whole run")
+    grade.set_defaults(func=cmd_grade)
     inspect = sub.add_parser("inspect", help="describe and validate a checkpoint directory")
     inspect.add_argument("model", help="checkpoint directory (config.json + *.safetensors)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")

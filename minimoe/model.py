@@ -15,6 +15,9 @@ Module names are the checkpoint's tensor names (`self_attn.q_proj`, `block_spars
 transformers exactly (docs/facts.md): fp32 RMSNorm statistics, split-half RoPE computed in fp32, an fp32
 softmax in attention and in the router, top-k experts with renormalised weights.
 
+Lines between `# [task N.M]` and `# [/task N.M]` are what the course assignments (assignments/) ask a student
+to write: their skeletons are generated from this file, so they never drift from it.
+
 Shapes: B batch, T new tokens, L cached + new tokens, H query heads, Hkv key/value heads, D head_dim,
 C hidden size (d_model), E experts, k experts per token, N = B*T tokens.
 """
@@ -41,9 +44,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # [task 1.1]
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)  # cast back *before* the weight, as the reference does
+        # [/task 1.1]
 
 
 class RotaryEmbedding(nn.Module):
@@ -62,21 +67,27 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", 1.0 / (theta ** exponent), persistent=False)  # (D/2,)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # [task 1.2]
         angles = positions.float()[..., None] * self.inv_freq.float()  # (B, T, D/2)
         angles = torch.cat((angles, angles), dim=-1)                    # (B, T, D): both halves of a pair
         return angles.cos().to(dtype), angles.sin().to(dtype)
+        # [/task 1.2]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    # [task 1.3]
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
+    # [/task 1.3]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, heads, T, D); cos/sin (B, T, D)."""
+    # [task 1.3]
     cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
     return x * cos + rotate_half(x) * sin
+    # [/task 1.3]
 
 
 class Attention(nn.Module):
@@ -99,6 +110,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 cache: KVCache | StaticKVCache | None) -> torch.Tensor:
+        # [task 2.4]
         B, T, _ = x.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)     # (B, H, T, D)
@@ -109,6 +121,7 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer_index, k, v)          # (B, Hkv, L, D): the cached tokens and these
         out = grouped_attention(q, k, v, mask, self.scale)       # (B, H, T, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))
+        # [/task 2.4]
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
@@ -117,6 +130,7 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 
     q (B, H, T, D); k, v (B, Hkv, L, D), H a multiple of Hkv; mask (B, T, L) bool -> (B, H, T, D) in q's dtype.
     """
+    # [task 2.1]
     B, H, T, D = q.shape
     Hkv, L = k.shape[1], k.shape[2]
     G = H // Hkv
@@ -128,6 +142,7 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     scores = scores.view(B, Hkv, G, T, L).masked_fill(~mask[:, None, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(probs.view(B, Hkv, G * T, L), v).view(B, H, T, D)   # (B, Hkv, G*T, D) as (B, H, T, D)
+    # [/task 2.1]
 
 
 @dataclasses.dataclass
@@ -152,6 +167,7 @@ class Router(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
+        # [task 3.1]
         # transformers computes the logits in x's dtype: an fp32-accumulated product rounded once to that dtype,
         # which is what this line says in so many words.
         logits = F.linear(x.float(), self.weight.float()).to(x.dtype)   # (N, E)
@@ -159,6 +175,7 @@ class Router(nn.Module):
         weights, experts = torch.topk(probs, self.top_k, dim=-1)        # (N, k)
         weights = weights / weights.sum(dim=-1, keepdim=True)
         return RouterOutput(logits, experts, weights)
+        # [/task 3.1]
 
 
 class Expert(nn.Module):
@@ -171,7 +188,9 @@ class Expert(nn.Module):
         self.w3 = Linear(hidden_size, intermediate_size, dtype=dtype)  # up projection
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # [task 3.2]
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        # [/task 3.2]
 
 
 class SparseMoeBlock(nn.Module):
@@ -189,6 +208,7 @@ class SparseMoeBlock(nn.Module):
                                      for _ in range(c.num_local_experts))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
+        # [task 3.3]
         B, T, C = x.shape
         tokens = x.reshape(B * T, C)
         route = self.gate(tokens)
@@ -200,6 +220,7 @@ class SparseMoeBlock(nn.Module):
                 y = expert(tokens[token_index])
                 out.index_add_(0, token_index, y * weights[token_index, slot, None])
         return out.view(B, T, C), route
+        # [/task 3.3]
 
 
 class MLP(nn.Module):
@@ -358,6 +379,7 @@ class Transformer(nn.Module):
         slot the StaticKVCache advances itself. key_real (B, L): which cached slots hold real tokens.
         A padding query sees at least itself, so its softmax row is never all -inf (no NaN anywhere).
         """
+        # [task 2.2]
         L = key_real.shape[1]
         q_index = q_slots[:, None]                                                    # (T, 1) cache slots
         k_index = torch.arange(L, device=key_real.device)[None, :]                    # (1, L)
@@ -366,4 +388,5 @@ class Transformer(nn.Module):
             allowed = allowed & (q_index - k_index < self.config.sliding_window)
         mask = allowed[None] & key_real[:, None, :]
         return mask | (k_index == q_index)[None]
+        # [/task 2.2]
 

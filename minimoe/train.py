@@ -92,6 +92,7 @@ def new_model(config: ModelConfig, seed: int = 0) -> Transformer:
 
 def load_balancing_loss(routes: list[RouterOutput], num_experts: int) -> torch.Tensor:
     """The Switch/Mixtral auxiliary loss over every MoE layer's routing (see the module docstring)."""
+    # [task 3.4]
     logits = torch.cat([r.logits for r in routes]).float()                         # (layers*N, E)
     experts = torch.cat([r.experts for r in routes])                               # (layers*N, k)
     probs = torch.softmax(logits, dim=-1)
@@ -99,6 +100,7 @@ def load_balancing_loss(routes: list[RouterOutput], num_experts: int) -> torch.T
     fraction = chosen.mean(dim=0)                                                  # f[j, e]: not differentiable
     mean_prob = probs.mean(dim=0)                                                  # P[e]: carries the gradient
     return num_experts * (fraction * mean_prob[None]).sum()
+    # [/task 3.4]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

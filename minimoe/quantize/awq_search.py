@@ -142,11 +142,13 @@ def scales_for(stat: torch.Tensor, alpha: float, w_stat: torch.Tensor | None = N
 
     alpha = 0 without w_stat gives s = 1 exactly (RTN). The clamp keeps a dead channel (mean |x| = 0) from
     giving s = 0."""
+    # [task 5.1]
     s = stat.pow(alpha)
     if w_stat is not None:
         s = s / (w_stat.pow(1 - alpha) + 1e-4)
     s = s.clamp(min=1e-4)
     return s / (s.max() * s.min()).sqrt()
+    # [/task 5.1]
 
 
 @dataclasses.dataclass
@@ -166,6 +168,7 @@ def search_scale(run: Callable[[], torch.Tensor], linears: list[Linear], stat: t
     Replacing W by Q(W * s) / s while the input stays x is the same as feeding x / s to Q(W * s), without
     having to touch the op that produced x during the search. `share` maps the per-channel s to the linears'
     input channels when they differ (o_proj under grouped-query attention)."""
+    # [task 5.2]
     reference = run()
     originals = [layer.weight.detach().clone() for layer in linears]
     w_stat = None
@@ -185,6 +188,7 @@ def search_scale(run: Callable[[], torch.Tensor], linears: list[Linear], stat: t
         layer.weight.copy_(w)
     best = min(range(len(errors)), key=errors.__getitem__)   # the first minimum: a tie keeps the smaller alpha
     return ScaleChoice(settings.alphas[best], candidates[best], errors, errors[0])
+    # [/task 5.2]
 
 
 # Folding the chosen s into the op before, so the model's function is unchanged (before rounding).
@@ -192,9 +196,11 @@ def search_scale(run: Callable[[], torch.Tensor], linears: list[Linear], stat: t
 @torch.no_grad()
 def fold_into_norm(norm: nn.Module, linears: list[nn.Module], s: torch.Tensor) -> None:
     """RMSNorm weight / s, and s into every consumer's input columns (the router's too: it reads the same x)."""
+    # [task 5.3]
     norm.weight.div_(s.to(norm.weight.dtype))
     for layer in linears:
         layer.weight.mul_(s.to(layer.weight.dtype)[None, :])
+    # [/task 5.3]
 
 
 @torch.no_grad()

@@ -1,0 +1,1 @@
+"""Assignment 1: see handout.md."""

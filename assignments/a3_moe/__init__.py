@@ -1,0 +1,1 @@
+"""Assignment 3: see handout.md."""
