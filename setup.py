@@ -189,7 +189,7 @@ if __name__ == "__main__":
         python_requires=">=3.10",
         packages=find_packages(include=["minimoe", "minimoe.*"]),
         include_package_data=True,
-        package_data={"minimoe": ["default_model/*"]},
+        package_data={"minimoe": ["default_model/*", "eval/tasks/*.jsonl"]},
         ext_modules=ext_modules,
         cmdclass={"build_ext": build_ext},
         # jinja2: chat templates in tokenizer_config.json are Jinja (rendered sandboxed by `minimoe chat`).
@@ -207,7 +207,12 @@ if __name__ == "__main__":
                 # the docs site is built (mkdocs --strict) by the test suite, so broken links fail CI
                 "mkdocs-material",
                 "mkdocstrings[python]",
+                # the harness model's tests run the harness itself, against its own Hugging Face model
+                "lm-eval>=0.4.5",
+                "accelerate",
             ],
+            # `minimoe eval harness` and `python -m minimoe.eval`: EleutherAI's lm-evaluation-harness
+            "eval": ["lm-eval>=0.4.5"],
             "plot": ["matplotlib"],
             "docs": ["mkdocs-material", "mkdocstrings[python]"],
         },

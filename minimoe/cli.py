@@ -6,6 +6,7 @@
     minimoe route [--model DIR] "text"        which experts each token chose, per layer, with statistics
     minimoe train --data DIR --out DIR        train a Mixtral from scratch on a folder of .txt documents
     minimoe eval ppl --model DIR --text FILE  held-out perplexity (sliding window), with tokens/s
+    minimoe eval harness --tasks T [--include-path DIR]   EleutherAI's lm-evaluation-harness on minimoe
     minimoe quantize SRC DST --method rtn     an fp16 checkpoint -> AWQ int4 GEMM (AutoAWQ's layout)
     minimoe quantize SRC DST --method awq --calib FILE   ... with AWQ's activation-aware search
     minimoe inspect DIR   architecture, parameter counts, quantization, bytes on disk and read per token
@@ -479,6 +480,37 @@ def cmd_eval_ppl(args) -> int:
     return 0
 
 
+def cmd_eval_harness(args) -> int:
+    import tempfile
+
+    from minimoe import eval as evaluation
+
+    evaluation.register()            # one clear error when lm-eval is not installed
+    from lm_eval.utils import make_table
+
+    include = args.include_path
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.local_tasks:
+            evaluation.local_tasks(scratch)
+            if include:   # both folders: copy the user's YAML next to minimoe's
+                import shutil
+
+                for name in os.listdir(include):
+                    if name.endswith((".yaml", ".yml")):
+                        shutil.copy(os.path.join(include, name), scratch)
+            include = scratch
+        results = evaluation.evaluate(args.model or DEFAULT_MODEL, [t for t in args.tasks.split(",") if t],
+                                      include_path=include, num_fewshot=args.num_fewshot, limit=args.limit,
+                                      batch_size=args.batch_size, engine=args.engine, dtype=args.dtype,
+                                      device=args.device)
+    print(make_table(results))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump({"results": results["results"], "config": results.get("config"),
+                       "versions": results.get("versions")}, f, indent=1, default=str)
+    return 0
+
+
 def cmd_quantize(args) -> int:
     from minimoe.quantize import quantize_checkpoint
 
@@ -639,6 +671,17 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--json", action="store_true")
     model_options(ppl)
     ppl.set_defaults(func=cmd_eval_ppl)
+    harness = eval_sub.add_parser("harness", help="EleutherAI's lm-evaluation-harness on minimoe (the eval extra)")
+    harness.add_argument("--tasks", required=True, help="comma-separated task names (the harness's, or local ones)")
+    harness.add_argument("--include-path", help="a folder of task YAML files (local tasks over local data)")
+    harness.add_argument("--local-tasks", action="store_true",
+                         help="also offer minimoe's three local tasks: minimoe_next_word, minimoe_cue, minimoe_passages")
+    harness.add_argument("--num-fewshot", type=int, default=None)
+    harness.add_argument("--limit", type=float, default=None, help="at most this many examples per task")
+    harness.add_argument("--batch-size", type=int, default=1)
+    harness.add_argument("--output", help="write the harness's results as JSON to this file")
+    model_options(harness)
+    harness.set_defaults(func=cmd_eval_harness)
     quantize = sub.add_parser("quantize", help="quantize an fp16/bf16/fp32 checkpoint to AWQ int4 GEMM")
     quantize.add_argument("src", help="the source checkpoint directory")
     quantize.add_argument("dst", help="the new directory to write")
