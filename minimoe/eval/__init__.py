@@ -87,7 +87,7 @@ def local_tasks(directory: str) -> str:
 def evaluate(pretrained: str, tasks: list[str], *, include_path: str | None = None, num_fewshot: int | None = None,
              limit: float | None = None, batch_size: int = 1, engine: str | None = None, dtype: str | None = None,
              device: str = "cpu", **model_args) -> dict:
-    """lm_eval.simple_evaluate on minimoe: returns the harness's results dict (results["results"][task])."""
+    """lm_eval.simple_evaluate on minimoe: returns the harness's results dict (`results["results"][task_name]`)."""
     register()
     import lm_eval
     from lm_eval.tasks import TaskManager
