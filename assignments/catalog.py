@@ -60,7 +60,7 @@ ASSIGNMENTS: dict[str, Assignment] = {a.folder: a for a in (
         {"4.1": Task("unpack: AWQ's nibble order", 4),
          "4.2": Task("dequantize: (q - z) * s per group", 4),
          "4.3": Task("an int4 GEMV in C++, checked against the spec", 6)},
-        cpp="csrc/dev/cpu/01_scalar_textbook.cpp", timeout_s=900, test_timeout_s=420),
+        cpp="assignments/a4_awq_format/reference/int4_gemv.cpp", timeout_s=900, test_timeout_s=420),
     Assignment(
         "a5_awq_search", "AWQ's activation-aware scale search", "awq_search.py",
         (("minimoe/quantize/awq_search.py", "scales_for"), ("minimoe/quantize/awq_search.py", "search_scale"),

@@ -1,7 +1,7 @@
 """The only way the tests reach the code under test: one small typed function per thing graded.
 
 `impl` is the student's awq_format.py under `--solution`, minimoe/awq.py otherwise; the C++ GEMV is the
-student's int4_gemv.cpp, or minimoe's csrc/dev/cpu/01_scalar_textbook.cpp. dequantize is graded on its own:
+student's int4_gemv.cpp, or the reference one in reference/int4_gemv.cpp. dequantize is graded on its own:
 it runs with minimoe's unpack in place of the student's, so a bug in task 4.1 costs task 4.1's points only.
 """
 

@@ -1,11 +1,11 @@
-// 01 · the textbook loop: y[m, n] = sum_k x[m, k] * (q[k, n] - z[k / G, n]) * s[k / G, n], one output at a time.
+// Assignment 4's reference int4 GEMV: y[m, n] = sum_k x[m, k] * (q[k, n] - z[k / G, n]) * s[k / G, n].
 //
-// The AWQ int4 GEMV/GEMM written exactly as the format's formula reads (minimoe/awq.py is the spec), with no
-// trick at all: for every output, walk all K inputs, pull the code out of its word (AWQ's nibble order), the
-// zero point out of its word, the fp16 scale, and accumulate in fp32. It is correct and slow: the inner loop
-// strides through qweight by N/8 words, so every step touches a new cache line, and each code is unpacked M
-// times. The later stages of the ladder fix those one at a time; assignment 4 (assignments/a4_awq_format) starts
-// from this file, its skeleton generated with the task region below removed.
+// The AWQ int4 product written exactly as the format's formula reads (minimoe/awq.py is the spec), with no trick
+// at all: for every output, walk all K inputs, pull the code out of its word (AWQ's nibble order), the zero point
+// out of its word, the fp16 scale, and accumulate in fp32. Correct and slow: the inner loop strides through
+// qweight by N/8 words, so every step touches a new cache line, and each code is unpacked M times. The student's
+// skeleton (assignments/a4_awq_format/skeleton/int4_gemv.cpp) is generated from this file with the task region
+// removed; csrc/dev/cpu/ is the ladder of stages that make it fast, one idea at a time.
 //
 // Built on its own by torch.utils.cpp_extension.load(..., is_python_module=False): it registers the op
 // torch.ops.minimoe_a4.int4_gemv and needs only ATen, no Python headers.
