@@ -1,12 +1,14 @@
 """Fuzzing the compiled CPU ops with wrong and odd arguments, in a child process so that a crash is a failure.
 
-Each torch.ops.minimoe op among awq_gemm, awq_gemm_many, awq_unpack, linear_stored, rms_norm and decode_attention is called with random shapes
+Each torch.ops.minimoe op among awq_gemm, awq_gemm_many, awq_unpack, linear_stored, rms_norm, decode_attention and
+decode_layer is called with random shapes
 (matching or not), dtypes (including ints and float64), layouts (transposed, strided slices, flipped copies
 made non-contiguous) and empty sizes. Every call must either return the spec's answer (minimoe.awq /
 the formula, within the dtype's tolerance) or raise a RuntimeError from the argument checks. The child prints
 each case before making it; a segfault or abort shows up as a negative exit status with the last case named.
 decode_attention is fuzzed from a valid fp32 call with one argument damaged (dtype, rank, one size, layout,
-the slot); decode_layer is not fuzzed here (its argument checks have named tests)."""
+the slot); decode_layer from a real layer's valid call with one argument damaged (a tensor of any of its lists, or
+an integer: the slot, the head counts, top_k, a group size)."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def layout(t, how):
     if how == "t" and t.dim() == 2:
         return t.t().contiguous().t()          # same values, column-major strides
     if how == "slice" and t.dim() >= 1 and t.shape[-1] >= 2:
-        return torch.cat([t, t], -1)[..., ::2]  # same values, stride 2
+        return torch.stack([t, t], -1)[..., 0]  # same values, stride 2 in the last dimension
     if how == "flip" and t.dim() >= 1:
         return t.flip(0).flip(0)               # a copy (flip copies): contiguous again
     return t
@@ -191,7 +193,87 @@ def fuzz_decode_attention(B, heads, D, slot, extra, seed, target, change, dim, d
     check(name, lambda: torch.ops.minimoe.decode_attention(**args), expected)
 
 
-for fuzz in (fuzz_awq_gemm, fuzz_awq_gemm_many, fuzz_awq_unpack, fuzz_linear_stored, fuzz_rms_norm, fuzz_decode_attention):
+# decode_layer: a valid call built from a real layer (AWQ or plain weights, 2 experts, top-2), then one argument
+# damaged: a tensor of any of its lists or its own tensors (dtype, float64, rank, one size, layout) or an integer
+# (slot, heads, kv_heads, top_k, a group size). It must raise, or return a finite answer of the right shape, the
+# valid call's answer when only the layout changed.
+import tempfile
+from minimoe.cache import KVCache
+from minimoe.testing import make_tiny_checkpoint
+import minimoe
+
+LAYERS = {}
+for quantized in (True, False):
+    path = make_tiny_checkpoint(tempfile.mkdtemp(), quantized=quantized, dtype="float32")
+    LAYERS[quantized] = minimoe.load_model(path, dtype="float32", engine="native")
+
+
+def layer_call(model):
+    c = model.config
+    layer = model.model.layers[0]
+    x = torch.randn(1, 1, c.hidden_size, generator=torch.Generator().manual_seed(0))
+    cache = KVCache(c.num_hidden_layers)
+    cache.length = 2
+    keys, values, slot = cache.reserve(0, x.new_empty(1, c.num_key_value_heads, 1, c.head_dim))
+    keys.zero_(), values.zero_()
+    cos, sin = model.rotary(torch.tensor([[slot]]), x.dtype)
+    return dict(x=x, cos=cos, sin=sin, mask=torch.ones(1, 1, slot + 1, dtype=torch.bool), key_cache=keys,
+                value_cache=values, slot=slot, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                scale=c.head_dim ** -0.5, **layer._decode_weights(x))
+
+
+def damage(t, change, dim, delta):
+    if change == "dtype":
+        return t.to(torch.int32 if not t.is_floating_point() else torch.bfloat16)
+    if change == "float64":
+        return t.double()
+    if change == "rank":
+        return t.unsqueeze(0)
+    if change == "dim":
+        d = dim % t.dim()
+        return torch.zeros(*t.shape[:d], max(0, t.shape[d] + delta), *t.shape[d + 1:], dtype=t.dtype)
+    return layout(t, "slice")
+
+
+@settings(**common)
+@given(quantized=st.booleans(), target=st.sampled_from(["x", "cos", "sin", "mask", "key_cache", "value_cache",
+                                                        "router", "norms", "attention", "ffn", "slot", "heads",
+                                                        "kv_heads", "top_k", "attention_groups", "ffn_groups"]),
+       index=st.integers(0, 30), change=st.sampled_from(["dtype", "float64", "rank", "dim", "layout"]),
+       dim=st.integers(0, 3), delta=st.sampled_from([-1, 1, 3]))
+def fuzz_decode_layer(quantized, target, index, change, dim, delta):
+    model = LAYERS[quantized]
+    want = ops.decode_layer(**layer_call(model))[0]
+    args = layer_call(model)
+    value = args[target]
+    if isinstance(value, int):
+        args[target] = value + delta
+    elif isinstance(value, list):
+        if not value:
+            return
+        i = index % len(value)
+        if isinstance(value[i], int):
+            value[i] = value[i] + delta
+        else:
+            value[i] = damage(value[i], change, dim, delta)
+    else:
+        args[target] = damage(value, change, dim, delta)
+    name = f"decode_layer {'awq' if quantized else 'plain'}: {target}[{index}] {change} d{dim} {delta:+d}"
+    print(name, flush=True)
+    try:
+        got = ops.decode_layer(**args)[0]
+    except RuntimeError:
+        return
+    assert got.shape == want.shape, (name, got.shape)
+    assert torch.isfinite(got).all(), name
+    if change == "layout" and target not in ("slot", "heads", "kv_heads", "top_k") and "groups" not in target:
+        # the same values in another layout: the same answer. (An accepted dtype, such as a bf16 router weight, is
+        # another valid input with its own answer; test_decode_layer.py covers the dtypes against the Python.)
+        assert (got.float() - want).abs().max().item() <= tolerance(got.dtype) * max(1.0, want.abs().max().item()), name
+
+
+for fuzz in (fuzz_awq_gemm, fuzz_awq_gemm_many, fuzz_awq_unpack, fuzz_linear_stored, fuzz_rms_norm, fuzz_decode_attention,
+             fuzz_decode_layer):
     fuzz()
 print("DONE", flush=True)
 '''
