@@ -7,34 +7,12 @@ end-to-end task (5.4) runs minimoe's quantizer with all three of the student's f
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-from assignments.framework import implementation
+from assignments.framework import implementation, student_module, swapped
 from minimoe.quantize import awq_search as spec
 
 impl = implementation("a5_awq_search")
-
-
-def _student_module():
-    load = getattr(impl, "_load", None)
-    return load() if load is not None else None
-
-
-@contextlib.contextmanager
-def _swapped(module, **functions):
-    if module is None:
-        yield
-        return
-    saved = {name: getattr(module, name) for name in functions}
-    for name, function in functions.items():
-        setattr(module, name, function)
-    try:
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(module, name, function)
 
 
 def run_scales_for(stat: torch.Tensor, alpha: float, w_stat: torch.Tensor | None = None) -> torch.Tensor:
@@ -43,7 +21,7 @@ def run_scales_for(stat: torch.Tensor, alpha: float, w_stat: torch.Tensor | None
 
 def run_search_scale(run, linears, stat: torch.Tensor, settings: spec.Settings):
     """-> ScaleChoice(alpha, scales, errors, rtn_error) for this group of linears."""
-    with _swapped(_student_module(), scales_for=spec.scales_for):
+    with swapped(student_module(impl), scales_for=spec.scales_for):
         return impl.search_scale(run, linears, stat, settings)
 
 
@@ -55,5 +33,5 @@ def run_quantize_model(model, windows: torch.Tensor, settings: spec.Settings) ->
     """minimoe's quantize_model, searching and folding with the solution's functions."""
     functions = {"scales_for": impl.scales_for, "search_scale": impl.search_scale,
                  "fold_into_norm": impl.fold_into_norm}
-    with _swapped(spec, **functions):
+    with swapped(spec, **functions):
         return spec.quantize_model(model, windows, settings)
