@@ -12,12 +12,14 @@ one clear sentence naming the file, and then let the safetensors library memory-
 bytes are read from disk only when the model touches them, and never copied twice (int4 weights stay int32
 packed, no fp16 copy of them exists at any point).
 
-This module knows names and shapes (from the config), nothing about nn.Modules.
+Which tensors a checkpoint must hold is read off the model itself (built on the meta device: minimoe/families
+says what each family's layers are), so no list of names here can drift from the modules.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,6 +29,7 @@ from typing import Iterator
 
 import torch
 
+from minimoe import formats
 from minimoe.config import ModelConfig, load_config
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -131,57 +134,42 @@ class TensorSpec:
 
 
 def linear_names(config: ModelConfig) -> dict[str, tuple[int, int]]:
-    """Every linear layer's checkpoint prefix -> (out_features N, in_features K), in model order."""
-    c = config
-    q_out, kv_out = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    linears: dict[str, tuple[int, int]] = {}
-    for i in range(c.num_hidden_layers):
-        layer = f"model.layers.{i}"
-        linears[f"{layer}.self_attn.q_proj"] = (q_out, c.hidden_size)
-        linears[f"{layer}.self_attn.k_proj"] = (kv_out, c.hidden_size)
-        linears[f"{layer}.self_attn.v_proj"] = (kv_out, c.hidden_size)
-        linears[f"{layer}.self_attn.o_proj"] = (c.hidden_size, q_out)
-        if c.is_moe:
-            for e in range(c.num_local_experts):
-                expert = f"{layer}.block_sparse_moe.experts.{e}"
-                linears[f"{expert}.w1"] = (c.intermediate_size, c.hidden_size)  # gate proj
-                linears[f"{expert}.w2"] = (c.hidden_size, c.intermediate_size)  # down proj
-                linears[f"{expert}.w3"] = (c.intermediate_size, c.hidden_size)  # up proj
-        else:
-            linears[f"{layer}.mlp.gate_proj"] = (c.intermediate_size, c.hidden_size)
-            linears[f"{layer}.mlp.up_proj"] = (c.intermediate_size, c.hidden_size)
-            linears[f"{layer}.mlp.down_proj"] = (c.hidden_size, c.intermediate_size)
-    return linears
+    """Every linear layer's checkpoint prefix -> (out_features N, in_features K), in model order.
+
+    These are the decoder layers' products: what a quantization format may replace. The embedding, the norms,
+    the routers and the lm_head are plain tensors (plain_tensor_specs)."""
+    return dict(_module_tree(config)[0])
+
+
+def linear_biases(config: ModelConfig) -> frozenset[str]:
+    """The linear layers whose module has a bias (Qwen2-MoE's q/k/v): their `.bias` must be in the files."""
+    return _module_tree(config)[1]
 
 
 def plain_tensor_specs(config: ModelConfig) -> dict[str, TensorSpec]:
-    """Tensors that are never quantized: embeddings, norms, the router, lm_head."""
-    c = config
-    specs = {"model.embed_tokens.weight": TensorSpec((c.vocab_size, c.hidden_size), FLOAT_DTYPES)}
-    for i in range(c.num_hidden_layers):
-        layer = f"model.layers.{i}"
-        specs[f"{layer}.input_layernorm.weight"] = TensorSpec((c.hidden_size,), FLOAT_DTYPES)
-        specs[f"{layer}.post_attention_layernorm.weight"] = TensorSpec((c.hidden_size,), FLOAT_DTYPES)
-        if c.is_moe:  # the router reads the same normalised input as the experts; AWQ never quantizes it
-            specs[f"{layer}.block_sparse_moe.gate.weight"] = TensorSpec(
-                (c.num_local_experts, c.hidden_size), FLOAT_DTYPES)
-    specs["model.norm.weight"] = TensorSpec((c.hidden_size,), FLOAT_DTYPES)
-    if not c.tie_word_embeddings:
-        specs["lm_head.weight"] = TensorSpec((c.vocab_size, c.hidden_size), FLOAT_DTYPES)
-    return specs
+    """Tensors that are never quantized: embeddings, norms, the routers (and gates), lm_head."""
+    return {name: TensorSpec(shape, FLOAT_DTYPES) for name, shape in _module_tree(config)[2]}
 
 
-def linear_tensor_specs(prefix: str, out_features: int, in_features: int, quantized: bool,
-                        group_size: int) -> dict[str, TensorSpec]:
-    """The tensors of one linear layer: `.weight` [N, K], or AWQ `.qweight/.qzeros/.scales` (W^T, packed)."""
-    if not quantized:
-        return {f"{prefix}.weight": TensorSpec((out_features, in_features), FLOAT_DTYPES)}
-    groups = in_features // group_size if group_size > 0 and in_features % group_size == 0 else -1
-    return {
-        f"{prefix}.qweight": TensorSpec((in_features, out_features // 8), ("I32",)),
-        f"{prefix}.qzeros": TensorSpec((groups, out_features // 8), ("I32",)),
-        f"{prefix}.scales": TensorSpec((groups, out_features), ("F16",)),   # AutoAWQ writes fp16 scales
-    }
+@functools.lru_cache(maxsize=16)
+def _module_tree(config: ModelConfig):
+    """The expected tensors, read off the model itself: built on the meta device (no memory, milliseconds),
+    so a family's file is the only place that says what its checkpoint holds."""
+    from minimoe.linear import Linear
+    from minimoe.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(config)
+    linears, biased, in_linear = [], set(), set()
+    for name, module in model.model.layers.named_modules(prefix="model.layers"):
+        if isinstance(module, Linear):
+            linears.append((name, (module.out_features, module.in_features)))
+            in_linear.update((f"{name}.weight", f"{name}.bias"))
+            if module.bias is not None:
+                biased.add(name)
+    plain = [(name, tuple(p.shape)) for name, p in model.named_parameters(remove_duplicate=False)
+             if name not in in_linear and not (name == "lm_head.weight" and config.tie_word_embeddings)]
+    return tuple(linears), frozenset(biased), tuple(plain)
 
 
 class Checkpoint:
@@ -249,19 +237,26 @@ class Checkpoint:
         return [os.path.join(self.path, f) for f in files], tensors
 
     # ---- what the config expects ----------------------------------------------------------------------------
+    def format_of(self, prefix: str):
+        """The weight format (minimoe/formats) linear `prefix` is stored in: decided by what the files hold
+        for it, not by lists in the config."""
+        return formats.held_by(self.tensors, prefix)
+
     def is_quantized(self, prefix: str) -> bool:
-        """AWQ or plain is decided per tensor by what the file holds, not by lists in the config."""
-        return f"{prefix}.qweight" in self.tensors
+        return self.format_of(prefix) is not formats.PLAIN
 
     def expected_specs(self) -> dict[str, TensorSpec]:
         specs = plain_tensor_specs(self.config)
         quant = self.config.quantization
+        biased = linear_biases(self.config)
         for prefix, (n, k) in linear_names(self.config).items():
             # What the file holds decides; a linear missing altogether is reported in the config's format.
-            quantized = self.is_quantized(prefix) or (quant is not None and f"{prefix}.weight" not in self.tensors)
+            fmt = self.format_of(prefix)
+            if fmt is formats.PLAIN and quant is not None and f"{prefix}.weight" not in self.tensors:
+                fmt = formats.FORMATS[quant.method]
             group = quant.group_size_for(k) if quant else self._infer_group_size(prefix, k)
-            specs.update(linear_tensor_specs(prefix, n, k, quantized, group))
-            if f"{prefix}.bias" in self.tensors:
+            specs.update(fmt.tensor_specs(prefix, n, k, group))
+            if prefix in biased or f"{prefix}.bias" in self.tensors:   # the family's, or one the file adds
                 specs[f"{prefix}.bias"] = TensorSpec((n,), FLOAT_DTYPES)
         return specs
 
@@ -281,9 +276,8 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: config.json says num_hidden_layers = {want}, but the files hold "
                                   f"layers 0..{max(found)} ({len(found)} layers){detail}")
         if self.config.is_moe:  # the same for the experts: 10^9 of them would build 10^9 x 3 expectations
-            experts = {int(parts[5]) for parts in (n.split(".") for n in self.tensors)
-                       if len(parts) > 5 and parts[3] == "block_sparse_moe" and parts[4] == "experts"
-                       and parts[5].isdigit()}
+            experts = {int(parts[5]) for parts in (n.split(".") for n in self.tensors)   # <layer>.<block>.experts.e
+                       if len(parts) > 5 and parts[4] == "experts" and parts[5].isdigit()}
             E = self.config.num_local_experts
             if experts and (max(experts) + 1 != E or len(experts) != E):
                 raise CheckpointError(f"{self.path}: config.json says num_local_experts = {E}, but the files hold "
@@ -360,9 +354,9 @@ class Checkpoint:
             raise CheckpointError(f"{info.file}: cannot read tensor {name!r} ({error})") from None
 
     def linear(self, prefix: str) -> dict[str, torch.Tensor]:
-        """One linear layer's tensors: {"weight"} or {"qweight", "qzeros", "scales"}, plus "bias" if present."""
-        names = ("qweight", "qzeros", "scales") if self.is_quantized(prefix) else ("weight",)
-        out = {n: self.tensor(f"{prefix}.{n}") for n in names}
+        """One linear layer's tensors by suffix, in its format: {"weight"} or {"qweight", "qzeros", "scales"},
+        plus "bias" if present."""
+        out = {n: self.tensor(f"{prefix}.{n}") for n in self.format_of(prefix).suffixes}
         if f"{prefix}.bias" in self.tensors:
             out["bias"] = self.tensor(f"{prefix}.bias")
         return out
@@ -392,12 +386,10 @@ class Checkpoint:
                 total += math.prod(info.shape) * 8   # 8 int4 weights per int32
             elif not name.endswith((".qzeros", ".scales")):
                 total += params[name]
-        per_expert_params = 0
-        expert_bytes_per_layer = 0  # the bytes of ONE expert in one layer (all experts have equal shapes)
-        if c.is_moe:
-            per_expert_params = c.num_hidden_layers * 3 * c.hidden_size * c.intermediate_size
-            expert_bytes_per_layer = sum(linear_bytes(f"model.layers.0.block_sparse_moe.experts.0.{w}")
-                                         for w in ("w1", "w2", "w3"))
+        # ONE expert, over all layers (all experts of a layer have equal shapes): expert 0's linear layers.
+        expert_zero = [(p, nk) for p, nk in linears.items() if ".experts.0." in p]
+        per_expert_params = sum(n * k for _, (n, k) in expert_zero)
+        expert_bytes = sum(linear_bytes(p) for p, _ in expert_zero)
         inactive_experts = c.num_local_experts - c.num_experts_per_tok if c.is_moe else 0
         active = total - inactive_experts * per_expert_params
         # Bytes a decoded token must read: all of it except the embedding table (one row is read) and the
@@ -405,7 +397,7 @@ class Checkpoint:
         embed = self.tensors["model.embed_tokens.weight"]
         row_bytes = embed.nbytes // max(1, embed.shape[0])
         all_bytes = sum(info.nbytes for info in self.tensors.values())
-        read = all_bytes - embed.nbytes + row_bytes - inactive_experts * expert_bytes_per_layer * c.num_hidden_layers
+        read = all_bytes - embed.nbytes + row_bytes - inactive_experts * expert_bytes
         if c.tie_word_embeddings:
             read += embed.nbytes - row_bytes  # the tied table is also the lm_head: read whole
         quantized = sum(1 for p in linears if self.is_quantized(p))

@@ -1,8 +1,8 @@
 """ModelConfig: what the model needs to know, read from a Hugging Face config.json (+ quant_config.json).
 
-Two families are supported, both decoder-only with RMSNorm, RoPE and grouped-query attention:
-    model_type "mixtral"   a sparse mixture of experts in every layer (Mixtral-8x7B, Confinus-2x7B)
-    model_type "mistral"   a dense SwiGLU MLP in every layer (Mistral-7B)
+The keys every family shares (sizes, heads, RoPE, dtype, special tokens) are read here; each family's own keys
+(experts, top-k, biases, shared experts) by its file in minimoe/families, which is also the list of the
+model_types minimoe runs (mixtral, mistral, qwen2_moe).
 
 config.json has been written by several generations of tooling, so a few keys have two spellings:
     torch_dtype (older)            | dtype (transformers 5.x)
@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 
-SUPPORTED_MODEL_TYPES = ("mixtral", "mistral")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -49,10 +48,10 @@ class QuantConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    model_type: str                     # "mixtral" (sparse MoE) or "mistral" (dense MLP)
+    model_type: str                     # a key of minimoe.families.FAMILIES: "mixtral", "mistral", "qwen2_moe"
     vocab_size: int
     hidden_size: int                    # d_model
-    intermediate_size: int              # per expert (mixtral) or of the one MLP (mistral)
+    intermediate_size: int              # per expert (mixtral), of the MLP (mistral, qwen2_moe's dense layers)
     num_hidden_layers: int
     num_attention_heads: int
     num_key_value_heads: int            # < num_attention_heads: grouped-query attention
@@ -61,17 +60,19 @@ class ModelConfig:
     rope_theta: float
     max_position_embeddings: int
     sliding_window: int | None = None   # None: full causal attention
-    num_local_experts: int = 0          # mixtral only
-    num_experts_per_tok: int = 0        # mixtral only (top-k)
+    num_local_experts: int = 0          # MoE families: E
+    num_experts_per_tok: int = 0        # MoE families: k (0: a dense model)
+    attention_bias: bool = False        # biases on q/k/v (qwen2_moe)
     tie_word_embeddings: bool = False
     dtype: str = "float32"              # the checkpoint's activation dtype (a key of DTYPES)
     bos_token_id: int | None = 1
     eos_token_id: int | None = 2
     quantization: QuantConfig | None = None
+    options: Any = None                 # the family's own settings (a frozen dataclass of its file), or None
 
     @property
     def is_moe(self) -> bool:
-        return self.model_type == "mixtral"
+        return self.num_experts_per_tok > 0
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -114,26 +115,58 @@ def _read_json(path: str) -> dict:
     return raw
 
 
-def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) -> ModelConfig:
-    def need(key: str, kind=int, where: dict = raw):
-        if key not in where or where[key] is None:
-            raise ConfigError(f"{source}: missing required key {key!r}")
-        return _typed(where[key], kind, key)
+class ConfigReader:
+    """config.json's keys, read with one clear error each: what the family files use for their own keys."""
 
-    def _typed(value, kind, key):
+    def __init__(self, raw: dict, source: str):
+        self.raw, self.source = raw, source
+
+    def fail(self, message: str):
+        raise ConfigError(f"{self.source}: {message}")
+
+    def typed(self, value, kind, key: str):
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{source}: {key!r} must be an integer, found {value!r}")
+            self.fail(f"{key!r} must be an integer, found {value!r}")
         if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not math.isfinite(value)):
-            raise ConfigError(f"{source}: {key!r} must be a finite number, found {value!r}")
+            self.fail(f"{key!r} must be a finite number, found {value!r}")
         return kind(value)
 
+    def need(self, key: str, kind=int):
+        if self.raw.get(key) is None:
+            self.fail(f"missing required key {key!r}")
+        return self.typed(self.raw[key], kind, key)
+
+    def positive(self, key: str, default: int | None = None) -> int:
+        """An integer > 0; required unless a default is given."""
+        value = self.need(key) if default is None or self.raw.get(key) is not None else default
+        if value <= 0:
+            self.fail(f"{key!r} must be positive, found {value}")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        return _boolean(self.raw.get(key, default), key, self.source)
+
+    def int_list(self, key: str, default: list) -> list[int]:
+        value = self.raw.get(key, default)
+        if value is None:
+            return list(default)
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            self.fail(f"{key!r} must be a list of integers, found {value!r}")
+        return value
+
+
+def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) -> ModelConfig:
+    from minimoe.families import FAMILIES   # the family files build on model.py, which imports this file
+
+    reader = ConfigReader(raw, source)
+    need, _typed = reader.need, reader.typed
     model_type = raw.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         arch = raw.get("architectures")
         raise ConfigError(
             f"{source}: unsupported model_type {model_type!r} (architectures {arch!r}); "
-            f"minimoe runs {' and '.join(SUPPORTED_MODEL_TYPES)} checkpoints"
+            f"minimoe runs {', '.join(FAMILIES)} checkpoints (minimoe/families)"
         )
 
     hidden = need("hidden_size")
@@ -170,12 +203,7 @@ def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) ->
     sliding = raw.get("sliding_window")
     sliding = None if sliding is None else _typed(sliding, int, "sliding_window")
 
-    experts = top_k = 0
-    if model_type == "mixtral":
-        experts = need("num_local_experts")
-        top_k = need("num_experts_per_tok")
-
-    config = ModelConfig(
+    fields = dict(
         model_type=model_type,
         vocab_size=need("vocab_size"),
         hidden_size=hidden,
@@ -188,14 +216,14 @@ def _parse(raw: dict, source: str, quant_raw: dict | None, quant_source: str) ->
         rope_theta=theta,
         max_position_embeddings=need("max_position_embeddings"),
         sliding_window=sliding,
-        num_local_experts=experts,
-        num_experts_per_tok=top_k,
         tie_word_embeddings=_boolean(raw.get("tie_word_embeddings", False), "tie_word_embeddings", source),
         dtype=dtype,
         bos_token_id=_token_id(raw.get("bos_token_id", 1), "bos_token_id", source),
         eos_token_id=_token_id(_first(raw.get("eos_token_id", 2)), "eos_token_id", source),
         quantization=_parse_quant(raw, source, quant_raw, quant_source),
     )
+    fields.update(FAMILIES[model_type].read_config(reader))   # experts, top-k, biases, the family's options
+    config = ModelConfig(**fields)
     _check_consistent(config, source)
     return config
 
@@ -264,7 +292,7 @@ def _check_same_quantization(q: dict, where: str, other: dict, other_source: str
 
 
 def _parse_quant(raw: dict, source: str, quant_raw: dict | None, quant_source: str) -> QuantConfig | None:
-    """AWQ settings from config.json's quantization_config, else from AutoAWQ's quant_config.json."""
+    """Quantization settings from config.json's quantization_config, else from AutoAWQ's quant_config.json."""
     if raw.get("quantization_config") is not None:
         q, where = raw["quantization_config"], f"{source} (quantization_config)"
     elif quant_raw is not None:
@@ -273,24 +301,9 @@ def _parse_quant(raw: dict, source: str, quant_raw: dict | None, quant_source: s
         return None
     if not isinstance(q, dict):
         raise ConfigError(f"{where}: expected an object, found {q!r}")
-    method = str(q.get("quant_method", "awq")).lower()
-    if method != "awq":
-        raise ConfigError(f"{where}: quantization method {method!r} is not supported; minimoe reads AWQ "
-                          "(quant_method 'awq', 4-bit, version 'gemm')")
-    bits = q.get("bits", q.get("w_bit"))
-    if bits != 4:
-        raise ConfigError(f"{where}: {bits!r}-bit AWQ is not supported; expected bits/w_bit = 4")
-    version = str(q.get("version", "gemm")).lower()
-    if version != "gemm":
-        raise ConfigError(f"{where}: AWQ version {version!r} is not supported; minimoe reads the 'gemm' layout "
-                          "(qweight [K, N/8]); convert gemv/gemv_fast/marlin/exllama checkpoints first")
-    group = q.get("group_size", q.get("q_group_size"))
-    if isinstance(group, bool) or not isinstance(group, int) or not (group > 0 or group == -1):
-        raise ConfigError(f"{where}: group_size/q_group_size must be a positive integer or -1, found {group!r}")
-    zero_point = q.get("zero_point", True)
-    if zero_point is not True:
-        raise ConfigError(f"{where}: zero_point={zero_point!r} is not supported; AWQ GEMM checkpoints use zero points")
-    skip = q.get("modules_to_not_convert") or ()
+    from minimoe import formats   # each format checks its own settings (minimoe/formats)
+
+    quant = formats.for_method(str(q.get("quant_method", "awq")).lower(), where).parse(q, where)
     if q is not quant_raw and isinstance(quant_raw, dict):   # what is unsupported is said first, then disagreement
         _check_same_quantization(q, where, quant_raw, quant_source)
-    return QuantConfig(group_size=group, modules_to_not_convert=tuple(skip))
+    return quant

@@ -14,7 +14,6 @@ import torch.nn as nn
 from minimoe import engines, ops
 from minimoe.checkpoint import Checkpoint, linear_names, plain_tensor_specs
 from minimoe.config import DTYPES
-from minimoe.linear import AWQLinear, Linear
 from minimoe.model import RotaryEmbedding, Transformer
 
 
@@ -70,19 +69,10 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     for prefix, (n, k) in linears.items():
-        tensors = checkpoint.linear(prefix)
+        tensors = checkpoint.linear(prefix)   # in the format the files hold it: minimoe/formats
         parent_name, _, attr = prefix.rpartition(".")
         parent = model.get_submodule(parent_name)
-        if "qweight" in tensors:
-            module = AWQLinear(*(tensors[t].to(device) for t in ("qweight", "qzeros", "scales")),
-                               group_size=checkpoint.group_size(prefix),
-                               bias=tensors["bias"].to(device=device, dtype=dtype) if "bias" in tensors else None,
-                               name=prefix)
-        else:
-            module = Linear(k, n, bias="bias" in tensors, dtype=dtype, device="meta")
-            module.weight = nn.Parameter(tensors["weight"].to(device=device, dtype=dtype), requires_grad=False)
-            if "bias" in tensors:
-                module.bias = nn.Parameter(tensors["bias"].to(device=device, dtype=dtype), requires_grad=False)
+        module = checkpoint.format_of(prefix).build(tensors, checkpoint.group_size(prefix), dtype, device, prefix)
         setattr(parent, attr, module)
         done += 1
         if progress:

@@ -1,5 +1,7 @@
 """The reference: a Mixtral-style sparse Mixture-of-Experts transformer (and its dense Mistral sibling).
 
+Other families (minimoe/families: Qwen2-MoE) reuse these blocks and add their own in their own file.
+
 This file is the spec, in plain PyTorch, read top to bottom in build order:
     RMSNorm -> RotaryEmbedding -> Attention -> Router -> Expert -> SparseMoeBlock (| MLP)
     -> DecoderLayer -> Transformer
@@ -103,9 +105,10 @@ class Attention(nn.Module):
         self.layer_index = layer_index
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.scale = self.head_dim ** -0.5
-        self.q_proj = Linear(c.hidden_size, self.num_heads * self.head_dim, dtype=dtype)
-        self.k_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, dtype=dtype)
-        self.v_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, dtype=dtype)
+        bias = c.attention_bias  # Qwen2-MoE: biases on q, k, v (never on o)
+        self.q_proj = Linear(c.hidden_size, self.num_heads * self.head_dim, bias=bias, dtype=dtype)
+        self.k_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, bias=bias, dtype=dtype)
+        self.v_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, bias=bias, dtype=dtype)
         self.o_proj = Linear(self.num_heads * self.head_dim, c.hidden_size, dtype=dtype)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
@@ -238,17 +241,21 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """h = x + attn(norm1(x)); out = h + ffn(norm2(h)) (pre-norm residual block)."""
+    """h = x + attn(norm1(x)); out = h + ffn(norm2(h)) (pre-norm residual block).
+
+    The feed-forward block is the family's (minimoe/families): Mixtral's SparseMoeBlock as `block_sparse_moe`,
+    Mistral's MLP as `mlp`, Qwen2-MoE's shared-expert block (or a dense MLP) as `mlp`.
+    """
 
     def __init__(self, config: ModelConfig, layer_index: int, dtype=None):
         super().__init__()
+        from minimoe.families import family_of   # the families are built from this file's blocks
+
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
         self.self_attn = Attention(config, layer_index, dtype=dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype)
-        if config.is_moe:
-            self.block_sparse_moe = SparseMoeBlock(config, dtype=dtype)
-        else:
-            self.mlp = MLP(config, dtype=dtype)
+        name, ffn = family_of(config.model_type).feed_forward(config, layer_index, dtype)
+        self.add_module(name, ffn)
 
     def forward(self, x, cos, sin, mask, cache):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)

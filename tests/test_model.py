@@ -117,11 +117,14 @@ def awq_checkpoint(tmp_path_factory):
 
 
 def dequantized_copy(model):
-    """The same model with every AWQLinear replaced by a plain fp32 Linear holding its dequantized weight."""
+    """The same model with every AWQLinear replaced by a plain fp32 Linear holding its dequantized weight
+    (and its bias)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, AWQLinear):
-            plain = Linear(module.in_features, module.out_features, dtype=torch.float32)
+            plain = Linear(module.in_features, module.out_features, bias=module.bias is not None, dtype=torch.float32)
             plain.weight.data = module.dequantized_weight(torch.float32)
+            if module.bias is not None:
+                plain.bias.data = module.bias.float()
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent), attr, plain)
     return model

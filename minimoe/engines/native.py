@@ -149,6 +149,8 @@ class NativeDecoderLayer(DecoderLayer):
             return None  # e.g. minimoe/parallel's block, whose experts live on several ranks
         if moe is not None:
             ffn = [e._modules[name] for e in moe._modules["experts"] for name in ("w1", "w3", "w2")]
+        elif type(modules["mlp"]) is not MLP and type(modules["mlp"]) is not NativeMLP:
+            return None  # another family's block (Qwen2-MoE's shared-expert MoE): the op mirrors Mixtral's
         else:
             mlp = modules["mlp"]._modules
             ffn = [mlp["gate_proj"], mlp["up_proj"], mlp["down_proj"]]

@@ -246,8 +246,11 @@ def shard_model(model: nn.Module, ep: ExpertParallel) -> nn.Module:
 
     for index, layer in enumerate(model.model.layers):
         block = getattr(layer, "block_sparse_moe", None)
-        if block is None:
+        if block is None and not model.config.is_moe:
             raise ValueError("expert parallelism needs a sparse MoE model; this one has dense MLP layers")
+        if block is None:
+            raise ValueError(f"expert parallelism runs the mixtral family only; layer {index} of this "
+                             f"{model.config.model_type} model has no block_sparse_moe")
         if type(block) is not SparseMoeBlock:
             raise ValueError(f"layer {index}: expected model.py's SparseMoeBlock to shard, found {type(block).__name__}")
         held = ep.experts_of(ep.rank, len(block.experts))
@@ -262,6 +265,9 @@ def split_bytes(checkpoint, world: int) -> list[dict]:
     c = checkpoint.config
     if not c.is_moe:
         raise ValueError(f"{checkpoint.path}: a dense model (no experts) cannot be split by expert parallelism")
+    if c.model_type != "mixtral":
+        raise ValueError(f"{checkpoint.path}: expert parallelism runs the mixtral family only, found "
+                         f"model_type {c.model_type!r}")
     per_expert = [0] * c.num_local_experts
     replicated = 0
     for name, info in checkpoint.tensors.items():

@@ -62,6 +62,9 @@ def quantize_checkpoint(src: str, dst: str, *, method: str = "rtn", group_size: 
             raise ValueError(f"{prefix}: in_features {k} is not a multiple of group size {group_size}")
         if n % 8:
             raise ValueError(f"{prefix}: out_features {n} is not a multiple of 8 (eight 4-bit codes per int32)")
+    if method == "awq" and config.model_type not in ("mixtral", "mistral"):
+        raise ValueError(f"the awq method knows the mixtral and mistral feed-forward blocks (where each scale "
+                         f"folds), not {config.model_type!r}'s; quantize it with --method rtn")
     if method == "awq" and calibration is None:
         raise ValueError("the awq method needs calibration tokens (`--calib FILE` on the command line)")
     if method == "rtn" and (calibration is not None or settings is not None):

@@ -107,9 +107,10 @@ class Attention(nn.Module):
         self.layer_index = layer_index
         self.num_heads, self.num_kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.scale = self.head_dim ** -0.5
-        self.q_proj = Linear(c.hidden_size, self.num_heads * self.head_dim, dtype=dtype)
-        self.k_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, dtype=dtype)
-        self.v_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, dtype=dtype)
+        bias = c.attention_bias  # Qwen2-MoE: biases on q, k, v (never on o)
+        self.q_proj = Linear(c.hidden_size, self.num_heads * self.head_dim, bias=bias, dtype=dtype)
+        self.k_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, bias=bias, dtype=dtype)
+        self.v_proj = Linear(c.hidden_size, self.num_kv_heads * self.head_dim, bias=bias, dtype=dtype)
         self.o_proj = Linear(self.num_heads * self.head_dim, c.hidden_size, dtype=dtype)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
