@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import minimoe
 from minimoe import engines, ops
-from minimoe.linear import Linear
+from minimoe.linear import AWQLinear, Linear
 from minimoe.cache import KVCache
 from minimoe.testing import make_tiny_checkpoint
 from tests.conftest import left_padded
@@ -232,7 +232,7 @@ def layer_arguments(model, layer_index: int = 0, length: int = 4):
     cos, sin = model.rotary(torch.tensor([[slot]]), x.dtype)
     args = dict(x=x, cos=cos, sin=sin, mask=torch.ones(1, 1, slot + 1, dtype=torch.bool), key_cache=keys,
                 value_cache=values, slot=slot, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
-                scale=c.head_dim ** -0.5, **layer._decode_weights(x))
+                scale=c.head_dim ** -0.5, **layer._gather_decode_weights(x))  # fresh lists, not the kept ones
     return args
 
 
@@ -295,3 +295,39 @@ def test_fake_implementation_gives_the_real_shapes_and_dtypes(config, tmp_path_f
         assert (f is None) == (r is None)
         if r is not None:
             assert f.shape == r.shape and f.dtype == r.dtype
+
+
+@needs_kernel
+def test_what_a_layer_keeps_for_the_op_follows_every_change(tmp_path_factory):
+    """_decode_weights is kept between steps (gathering it is ~30 us a layer); each change that makes the op
+    inapplicable must still be seen at the very next step, after the kept answer was used."""
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("kept"), quantized=True, seed=6)
+    x = torch.zeros(1, 1, 64)
+
+    def fresh():
+        model = minimoe.load_model(path, dtype=torch.float32)
+        _decode(model, [[3, 4, 5]], 2, True)              # the kept answers are in use
+        layer = model.model.layers[1]
+        assert layer._decode_weights(x) is layer._decode_weights(x)   # kept, not gathered again
+        return model, layer
+
+    model, layer = fresh()
+    layer.self_attn.q_proj.bias = torch.linspace(-1, 1, layer.self_attn.q_proj.out_features)   # a buffer hook
+    assert layer._decode_weights(x) is None
+    model, layer = fresh()
+    layer.self_attn.k_proj.kernel = False                  # a plain attribute: checked at every step
+    assert layer._decode_weights(x) is None
+    model, layer = fresh()
+    layer.input_layernorm.eps *= 2                         # likewise
+    assert layer._decode_weights(x) is None
+    model, layer = fresh()
+    layer.block_sparse_moe.gate.top_k = 1                  # read again at every step
+    assert layer._decode_weights(x)["top_k"] == 1
+    model, layer = fresh()
+    layer.block_sparse_moe.experts[0].w1.__class__ = type("EditedAWQ", (AWQLinear,), {})   # no hook fires
+    assert layer._decode_weights(x) is None
+    model, layer = fresh()
+    kept = layer._decode_weights(x)
+    engines.use(model, "native")                           # an engine swaps classes without a hook: it says so
+    assert layer._decode_weights(x) is not kept and layer._decode_weights(x) is not None
+    assert layer._decode_weights(x.double()) is None       # another dtype: gathered again

@@ -219,7 +219,7 @@ def layer_call(model):
     cos, sin = model.rotary(torch.tensor([[slot]]), x.dtype)
     return dict(x=x, cos=cos, sin=sin, mask=torch.ones(1, 1, slot + 1, dtype=torch.bool), key_cache=keys,
                 value_cache=values, slot=slot, heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
-                scale=c.head_dim ** -0.5, **layer._decode_weights(x))
+                scale=c.head_dim ** -0.5, **layer._gather_decode_weights(x))  # fresh lists, not the kept ones
 
 
 def damage(t, change, dim, delta):

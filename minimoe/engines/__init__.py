@@ -95,4 +95,5 @@ def use(model: nn.Module, name: str | None = None) -> nn.Module:
         if isinstance(module, (Linear, AWQLinear)):
             module.kernel = kernel
     model.engine = name
+    native.structure_changed()   # classes were swapped: what a native module gathered may be stale
     return model
