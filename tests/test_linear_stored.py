@@ -18,7 +18,7 @@ import minimoe
 from minimoe import ops
 from minimoe.testing import make_tiny_checkpoint
 from tests.conftest import at_thread_counts
-from tests.test_kernels import examples
+from tests.test_kernels import examples, has_isa_kernels
 
 needs_kernel = pytest.mark.skipif(not ops.can_keep_stored("cpu", torch.float32, torch.float16),
                                   reason="the compiled CPU extension (linear_stored) is not built")
@@ -42,11 +42,16 @@ def assert_close_to_reference(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor)
     assert (err <= limit).all(), f"max error {err.max():.3g}, limit there {limit.flatten()[err.argmax()]:.3g}"
 
 
+# Every tier this CPU can run: the vector tiers (AVX-512, AVX2 + FMA + F16C) and the portable loop.
+ISAS = ["scalar"] + ([isa for isa in ("avx512", "avx2") if has_isa_kernels(isa)]
+                    if ops.can_keep_stored("cpu", torch.float32, torch.float16) else [])
+
+
 @needs_kernel
-@examples(20)
+@examples(30)
 @given(M=st.integers(0, 5), K=st.integers(1, 300), N=st.integers(1, 70),
        x_dtype=st.sampled_from([torch.float32, torch.bfloat16]), w_dtype=st.sampled_from([torch.float16, torch.bfloat16]),
-       isa=st.sampled_from(["auto", "scalar"]), seed=st.integers(0, 2**31 - 1))
+       isa=st.sampled_from(ISAS), seed=st.integers(0, 2**31 - 1))
 def test_matches_linear_on_converted_weights(M, K, N, x_dtype, w_dtype, isa, seed):
     if x_dtype == w_dtype:
         return  # not a stored/compute mismatch: the model calls F.linear then
@@ -54,7 +59,7 @@ def test_matches_linear_on_converted_weights(M, K, N, x_dtype, w_dtype, isa, see
     x = torch.randn(M, K, generator=g).to(x_dtype)
     w = (torch.randn(N, K, generator=g) * 0.05).to(w_dtype)
     previous = os.environ.get("MINIMOE_CPU_ISA")
-    os.environ["MINIMOE_CPU_ISA"] = isa  # read on every call: "scalar" takes the portable loop
+    os.environ["MINIMOE_CPU_ISA"] = isa  # read on every call: forces that tier
     try:
         y = ops.linear_stored(x, w)
     finally:

@@ -91,31 +91,27 @@ bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector) {
   return M >= prefill_min_rows(x_dtype) && (vector || x_dtype == at::kBFloat16);
 }
 
-enum class Isa { kScalar, kAvx2, kAvx512 };
-
 // The best tier this CPU can run: what "auto" means.
 Isa auto_isa() { return avx512_available() ? Isa::kAvx512 : avx2_available() ? Isa::kAvx2 : Isa::kScalar; }
 
-Isa choose_isa() {
+}  // namespace
+
+Isa choose_isa(const char* op) {
   const char* env = std::getenv("MINIMOE_CPU_ISA");
   const std::string wish = env ? env : "";
   if (wish == "scalar") return Isa::kScalar;
   if (wish == "avx512") {
-    TORCH_CHECK(avx512_available(),
-                "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx512 but this CPU (or this build) has no AVX-512");
+    TORCH_CHECK(avx512_available(), op, ": MINIMOE_CPU_ISA=avx512 but this CPU (or this build) has no AVX-512");
     return Isa::kAvx512;
   }
   if (wish == "avx2") {
-    TORCH_CHECK(avx2_available(),
-                "minimoe::awq_gemm: MINIMOE_CPU_ISA=avx2 but this CPU (or this build) has no AVX2/FMA/F16C");
+    TORCH_CHECK(avx2_available(), op, ": MINIMOE_CPU_ISA=avx2 but this CPU (or this build) has no AVX2/FMA/F16C");
     return Isa::kAvx2;
   }
-  TORCH_CHECK(wish.empty() || wish == "auto",
-              "minimoe::awq_gemm: MINIMOE_CPU_ISA must be auto, avx512, avx2 or scalar, found '", wish, "'");
+  TORCH_CHECK(wish.empty() || wish == "auto", op, ": MINIMOE_CPU_ISA must be auto, avx512, avx2 or scalar, found '",
+              wish, "'");
   return auto_isa();
 }
-
-}  // namespace
 
 const char* default_isa_name() {
   switch (auto_isa()) {

@@ -50,6 +50,11 @@ const char* default_isa_name();
 // True when the CPU has AVX2 + FMA + F16C (awq_gemm_avx2.cpp: the decode loop for CPUs without AVX-512).
 bool avx2_available();
 
+// The tier a CPU op runs: MINIMOE_CPU_ISA=avx512|avx2|scalar (read on every call) forces one (an error naming
+// `op` if this CPU cannot run it), unset or "auto" picks the best this CPU has.
+enum class Isa { kScalar, kAvx2, kAvx512 };
+Isa choose_isa(const char* op = "minimoe::awq_gemm");
+
 // The AVX2 decode loop: same contract as decode_avx512 below (fp16 scales).
 void decode_avx2(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, int64_t group_begin, int64_t group_end,
                  float* y);
