@@ -187,3 +187,25 @@ def test_expert_parallel_refuses_other_families_clearly(qwen_dir):
     path, _ = qwen_dir
     with pytest.raises(ValueError, match="mixtral family only, found model_type 'qwen2_moe'"):
         split_bytes(Checkpoint(path), 2)
+
+
+def test_generate_and_route_from_the_command_line(tmp_path):
+    """The CLI end to end on a Qwen2-MoE checkpoint with a real tokenizer (the built-in model's, 2048 pieces)."""
+    import contextlib
+    import io
+    import os
+    import shutil
+
+    from minimoe.cli import main
+
+    qwen_checkpoint(tmp_path, seed=2, vocab_size=2048, num_hidden_layers=2, bos_token_id=1, eos_token_id=2)
+    shutil.copy(os.path.join(os.path.dirname(minimoe.__file__), "default_model", "tokenizer.model"), tmp_path)
+    assert main(["generate", "My lord", "--model", str(tmp_path), "--max-new-tokens", "5"]) == 0
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["route", "Now is the winter of our discontent", "--model", str(tmp_path), "--json"]) == 0
+    report = json.loads(buffer.getvalue())
+    assert len(report["experts"]) == 2 and all(len(row[0]) == 2 for row in report["experts"])   # 2 layers, top-2
+    weights = torch.tensor(report["weights"])
+    sums = weights.sum(-1)                   # Qwen2-MoE does not renormalise the top-k weights
+    assert (sums <= 1 + 1e-6).all() and (sums < 0.999).any()
