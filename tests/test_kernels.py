@@ -215,7 +215,7 @@ def has_isa_kernels(isa):
 def test_each_cpu_kernel_matches_reference(isa, path, M, words, dtype, seed):
     # MINIMOE_CPU_ISA and MINIMOE_CPU_PATH (read on every call) force one kernel family and one path, so all
     # six combinations are checked on an AVX-512 machine, at any M. (AVX2 has no prefill kernel of its own:
-    # forced to prefill it runs the dequantize + GEMM fallback, as on an AVX2-only CPU.)
+    # forced to prefill it runs the dequantize + GEMM fallback, which an AVX2-only CPU never picks itself.)
     require_kernel("cpu")
     if isa != "scalar" and not has_isa_kernels(isa):
         pytest.skip(f"this CPU (or build) has no {isa}")
@@ -283,3 +283,20 @@ def test_device_mismatch_is_refused():
     qweight, qzeros, scales, _ = random_awq(256, 64, 64, 0, "cpu")
     with pytest.raises(RuntimeError, match="(?i)(device|cuda|cpu)"):
         torch.ops.minimoe.awq_gemm(torch.zeros(2, 256, device="cuda"), qweight, qzeros, scales, 64)
+
+
+def test_without_avx512_every_dtype_decodes_at_any_m(monkeypatch):
+    """bf16 x on a CPU without AVX-512 must not reach torch's bf16 GEMM (~100x slower than fp32 where the CPU has
+    no native bf16): at any M it takes the decode loop, whose result is that of the decode path forced."""
+    require_kernel("cpu")
+    isa = "avx2" if has_isa_kernels("avx2") else "scalar"
+    qweight, qzeros, scales, _ = random_awq(256, 64, 64, 3, "cpu")
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    monkeypatch.setenv("MINIMOE_CPU_ISA", isa)
+    auto = torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 64)
+    monkeypatch.setenv("MINIMOE_CPU_PATH", "decode")
+    decoded = torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 64)
+    monkeypatch.setenv("MINIMOE_CPU_PATH", "prefill")
+    gemm = torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 64)
+    assert torch.equal(auto, decoded)
+    assert not torch.equal(auto, gemm)   # the two paths differ (bf16-rounded weights), so the test can tell them apart

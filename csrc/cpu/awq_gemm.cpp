@@ -9,8 +9,9 @@
 //           the nibbles. This is memory-bound: at M = 1 every weight byte is used for 2 flops per code.
 //   prefill M >= that: the unpack is paid once per weight for all M rows, and the multiply is a real GEMM.
 //           On AVX-512 CPUs our own micro-kernels do it, fed by dequantizing straight into the layout they
-//           multiply from: prefill_amx.cpp (bf16 x, AMX tiles) and prefill_fp32.cpp (fp32/fp16 x, FMA). Elsewhere
-//           (scalar ISA, no AMX) a fallback dequantizes a tile of W^T into a buffer and calls torch's GEMM.
+//           multiply from: prefill_amx.cpp (bf16 x, AMX tiles) and prefill_fp32.cpp (fp32/fp16 x, FMA). Without
+//           AMX, bf16 x on AVX-512 takes a fallback that dequantizes a tile of W^T and calls torch's GEMM; CPUs
+//           without AVX-512 always decode (use_prefill).
 //
 // Determinism: threads split the *output columns* only, on fixed boundaries (never the K sum), and each output
 // is summed in the same order whatever the thread count, so results are bitwise thread-count invariant. (The
@@ -78,9 +79,12 @@ constexpr int64_t kPrefillTileWords = 4 * kBlockWords;
 int64_t prefill_min_rows(at::ScalarType x_dtype) { return x_dtype == at::kBFloat16 ? 16 : 32; }
 
 // MINIMOE_CPU_PATH=decode|prefill (read on every call) forces a path whatever M is: the tests use it to run
-// both paths on small shapes, the benchmark to find where they cross. Unset or "auto": decided by M, except
-// that fp32/fp16 x without the AVX-512 kernels always decodes: the only prefill left for them would be the
-// GEMM fallback, whose MKL result depends on the thread count; the scalar decode loop is invariant.
+// both paths on small shapes, the benchmark to find where they cross. Unset or "auto": decided by M on the
+// AVX-512 tier; without it, x of every dtype always decodes. For fp32/fp16 the only prefill left would be the
+// GEMM fallback, whose MKL result depends on the thread count (the decode loops are invariant). For bf16 it
+// would hand bf16 tiles to torch's GEMM, which on CPUs without native bf16 arithmetic (AVX2 machines such as
+// AMD Zen 3) runs ~100x slower than fp32: a mid-size 128-token prompt took 34 s. Decoding converts x to fp32
+// (exact) and multiplies the fp32 weights, which is the decode contract for bf16 at any M on every tier.
 bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector) {
   const char* env = std::getenv("MINIMOE_CPU_PATH");
   const std::string wish = env ? env : "";
@@ -88,7 +92,7 @@ bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector) {
   if (wish == "prefill") return true;
   TORCH_CHECK(wish.empty() || wish == "auto", "minimoe::awq_gemm: MINIMOE_CPU_PATH must be auto, decode or prefill, found '",
               wish, "'");
-  return M >= prefill_min_rows(x_dtype) && (vector || x_dtype == at::kBFloat16);
+  return M >= prefill_min_rows(x_dtype) && vector;
 }
 
 // The best tier this CPU can run: what "auto" means.

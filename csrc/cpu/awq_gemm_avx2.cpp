@@ -13,8 +13,8 @@
 // Per group, the scales and zero points of a block are gathered into that order with scalar code (64 values
 // per block per group, against 8 x 128 rows of vector work): simple, and about 5% of the loop.
 //
-// The prefill path has no AVX2 kernel: fp32/fp16 x keeps decoding at any M on such CPUs (thread-count
-// invariant), bf16 x takes the driver's dequantize + torch GEMM fallback.
+// The prefill path has no AVX2 kernel: x of every dtype keeps decoding at any M on such CPUs (thread-count
+// invariant; bf16 x used to take a dequantize + torch bf16 GEMM, ~100x slower than fp32 without native bf16).
 #include "awq_gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
