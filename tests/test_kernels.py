@@ -176,8 +176,12 @@ def test_other_scale_dtypes(device, scale_dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 # decode cuts K into 1 chunk / 2 chunks / 8 chunks of groups (fewer chunks than threads: columns split as well)
 @pytest.mark.parametrize("K,G", [(128, 128), (384, 128), (2048, 32)])
-def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G):
+@pytest.mark.parametrize("isa", ["auto", "avx2"])  # this CPU's own tier, and the AVX2 loop where it can run
+def test_bitwise_identical_across_thread_counts_cpu(M, dtype, K, G, isa, monkeypatch):
     require_kernel("cpu")
+    if isa != "auto" and not has_isa_kernels(isa):
+        pytest.skip(f"this CPU (or build) has no {isa}")
+    monkeypatch.setenv("MINIMOE_CPU_ISA", isa)
     # N spans several tiles so that two threads really split it.
     qweight, qzeros, scales, _ = random_awq(K, 8 * 300, G, 6, "cpu")
     x = random_x((M, K), dtype, 6, "cpu")
@@ -210,23 +214,24 @@ def has_isa_kernels(isa):
 @pytest.mark.parametrize("path", ["decode", "prefill"])
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
 @examples(10)
-@given(M=st.sampled_from([1, 3, 5, 40]), words=st.integers(1, 70), dtype=st.sampled_from(DTYPES),
-       seed=st.integers(0, 2**32 - 1))
-def test_each_cpu_kernel_matches_reference(isa, path, M, words, dtype, seed):
+@given(M=st.sampled_from([1, 2, 3, 5, 40]), words=st.integers(1, 70), G=st.sampled_from([32, 64, 192]),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
+def test_each_cpu_kernel_matches_reference(isa, path, M, words, G, dtype, seed):
     # MINIMOE_CPU_ISA and MINIMOE_CPU_PATH (read on every call) force one kernel family and one path, so all
     # six combinations are checked on an AVX-512 machine, at any M. (AVX2 has no prefill kernel of its own:
     # forced to prefill it runs the dequantize + GEMM fallback, which an AVX2-only CPU never picks itself.)
     require_kernel("cpu")
     if isa != "scalar" and not has_isa_kernels(isa):
         pytest.skip(f"this CPU (or build) has no {isa}")
-    qweight, qzeros, scales, spread = random_awq(192, 8 * words, 64, seed, "cpu")
+    # G = 32 is two chunks of the AVX2 loop's 16 rows, 192 twelve; words up to 70 leave a short last strip.
+    qweight, qzeros, scales, spread = random_awq(192, 8 * words, G, seed, "cpu")
     x = random_x((M, 192), dtype, seed, "cpu", spread)
     os.environ["MINIMOE_CPU_ISA"], os.environ["MINIMOE_CPU_PATH"] = isa, path
     try:
-        y = call_kernel(x, qweight, qzeros, scales, 64)
+        y = call_kernel(x, qweight, qzeros, scales, G)
     finally:
         del os.environ["MINIMOE_CPU_ISA"], os.environ["MINIMOE_CPU_PATH"]
-    assert_matches_reference(y, x, qweight, qzeros, scales, 64)
+    assert_matches_reference(y, x, qweight, qzeros, scales, G)
 
 
 @pytest.mark.parametrize("variable, value, message", [
