@@ -290,18 +290,54 @@ def test_device_mismatch_is_refused():
         torch.ops.minimoe.awq_gemm(torch.zeros(2, 256, device="cuda"), qweight, qzeros, scales, 64)
 
 
-def test_without_avx512_every_dtype_decodes_at_any_m(monkeypatch):
-    """bf16 x on a CPU without AVX-512 must not reach torch's bf16 GEMM (~100x slower than fp32 where the CPU has
-    no native bf16): at any M it takes the decode loop, whose result is that of the decode path forced."""
+def torch_gemm_calls(fn):
+    """The names of the torch matrix-multiply ops that fn() ran, from the profiler's op list (a GEMM called from
+    inside our C++ op goes through the dispatcher too, so it is listed)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name in ("aten::mm", "aten::mm_out", "aten::addmm", "aten::bmm")]
+
+
+@pytest.mark.parametrize("isa", ["avx2", "scalar"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_without_avx512_no_product_reaches_torch_gemm(isa, dtype, monkeypatch):
+    """On a CPU without AVX-512 (its tier forced here) no default path hands a tile to torch's GEMM: bf16 there
+    ran ~100x slower than fp32 (no native bf16), and fp32 through MKL depends on the thread count. The AVX2 tier
+    prefills with its own fp32 micro-kernel at 32 rows and more, every dtype as fp32; the scalar tier decodes."""
     require_kernel("cpu")
-    isa = "avx2" if has_isa_kernels("avx2") else "scalar"
-    qweight, qzeros, scales, _ = random_awq(256, 64, 64, 3, "cpu")
-    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    if isa != "scalar" and not has_isa_kernels(isa):
+        pytest.skip(f"this CPU (or build) has no {isa}")
+    qweight, qzeros, scales, spread = random_awq(256, 200, 64, 3, "cpu")
     monkeypatch.setenv("MINIMOE_CPU_ISA", isa)
-    auto = torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 64)
-    monkeypatch.setenv("MINIMOE_CPU_PATH", "decode")
-    decoded = torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 64)
+    for M in (1, 31, 32, 64):
+        x = random_x((M, 256), dtype, 1, "cpu", spread)
+        results = []
+        assert torch_gemm_calls(lambda: results.append(call_kernel(x, qweight, qzeros, scales, 64))) == []
+        assert_matches_reference(results[0], x, qweight, qzeros, scales, 64)
+        monkeypatch.setenv("MINIMOE_CPU_PATH", "prefill" if isa == "avx2" and M >= 32 else "decode")
+        assert torch.equal(results[0], call_kernel(x, qweight, qzeros, scales, 64))  # the path it says it takes
+        monkeypatch.delenv("MINIMOE_CPU_PATH")
+    # The detector itself: the scalar tier forced to prefill does call torch's GEMM, and the list shows it.
+    monkeypatch.setenv("MINIMOE_CPU_ISA", "scalar")
     monkeypatch.setenv("MINIMOE_CPU_PATH", "prefill")
-    gemm = torch.ops.minimoe.awq_gemm(x, qweight, qzeros, scales, 64)
-    assert torch.equal(auto, decoded)
-    assert not torch.equal(auto, gemm)   # the two paths differ (bf16-rounded weights), so the test can tell them apart
+    assert torch_gemm_calls(lambda: call_kernel(x, qweight, qzeros, scales, 64)) != []
+
+
+@examples(10)
+@given(M=st.integers(1, 40), words=st.integers(1, 40), G=st.sampled_from([32, 64, 256]), seed=st.integers(0, 2**32 - 1))
+def test_avx2_prefill_is_bitwise_the_avx512_one(M, words, G, seed):
+    """Both fp32 prefill micro-kernels add the same products in the same k order: the same bits."""
+    require_kernel("cpu")
+    if not (has_isa_kernels("avx2") and has_isa_kernels("avx512")):
+        pytest.skip("needs a CPU with both AVX2 and AVX-512")
+    qweight, qzeros, scales, spread = random_awq(512, 8 * words, G, seed, "cpu")
+    x = random_x((M, 512), torch.float32, seed, "cpu", spread)
+    outputs = {}
+    for isa in ("avx2", "avx512"):
+        os.environ["MINIMOE_CPU_ISA"], os.environ["MINIMOE_CPU_PATH"] = isa, "prefill"
+        try:
+            outputs[isa] = call_kernel(x, qweight, qzeros, scales, G)
+        finally:
+            del os.environ["MINIMOE_CPU_ISA"], os.environ["MINIMOE_CPU_PATH"]
+    assert torch.equal(outputs["avx2"], outputs["avx512"])
+    assert_matches_reference(outputs["avx2"], x, qweight, qzeros, scales, G)

@@ -10,8 +10,8 @@
 //   prefill M >= that: the unpack is paid once per weight for all M rows, and the multiply is a real GEMM.
 //           On AVX-512 CPUs our own micro-kernels do it, fed by dequantizing straight into the layout they
 //           multiply from: prefill_amx.cpp (bf16 x, AMX tiles) and prefill_fp32.cpp (fp32/fp16 x, FMA). Without
-//           AMX, bf16 x on AVX-512 takes a fallback that dequantizes a tile of W^T and calls torch's GEMM; CPUs
-//           without AVX-512 always decode (use_prefill).
+//           AMX, bf16 x on AVX-512 takes a fallback that dequantizes a tile of W^T and calls torch's GEMM. On
+//           AVX2 CPUs x of every dtype goes as fp32 to prefill_fp32_avx2.cpp (fp32-exact weights, no torch GEMM).
 //
 // Determinism: threads split the *output columns* only, on fixed boundaries (never the K sum), and each output
 // is summed in the same order whatever the thread count, so results are bitwise thread-count invariant. (The
@@ -19,7 +19,7 @@
 // tile's GEMM runs single-threaded on its calling thread, which makes oneDNN (bf16) invariant; MKL (fp32) is
 // not, at larger K, which is why fp32 on AVX-512 no longer goes there.
 //
-// Instruction set: AVX-512 when the CPU has it, else AVX2 (decode only: awq_gemm_avx2.cpp), else scalar C++.
+// Instruction set: AVX-512 when the CPU has it, else AVX2 (awq_gemm_avx2.cpp, prefill_fp32_avx2.cpp), else scalar C++.
 // MINIMOE_CPU_ISA=avx512|avx2|scalar (read on every call) forces one, so the tests check all three on an
 // AVX-512 machine; MINIMOE_CPU_PATH likewise forces the decode or the prefill path.
 #include <torch/extension.h>
@@ -77,22 +77,25 @@ constexpr int64_t kPrefillTileWords = 4 * kBlockWords;
 // The decode loop's cost grows with M (one FMA per row of x per code) while prefill's is nearly flat until the
 // GEMM dominates; bf16 crosses earlier because its GEMM runs on AMX.
 int64_t prefill_min_rows(at::ScalarType x_dtype) { return x_dtype == at::kBFloat16 ? 16 : 32; }
+// The AVX2 tier's crossover, every dtype (x always reaches its micro-kernel as fp32), measured on a Zen 4 core
+// with AVX2 forced, 4096 x 14336: decode faster at M = 24, prefill at M = 32 (docs/kernels-cpu.md).
+constexpr int64_t kAvx2PrefillMinRows = 32;
 
 // MINIMOE_CPU_PATH=decode|prefill (read on every call) forces a path whatever M is: the tests use it to run
 // both paths on small shapes, the benchmark to find where they cross. Unset or "auto": decided by M on the
-// AVX-512 tier; without it, x of every dtype always decodes. For fp32/fp16 the only prefill left would be the
-// GEMM fallback, whose MKL result depends on the thread count (the decode loops are invariant). For bf16 it
-// would hand bf16 tiles to torch's GEMM, which on CPUs without native bf16 arithmetic (AVX2 machines such as
-// AMD Zen 3) runs ~100x slower than fp32: a mid-size 128-token prompt took 34 s. Decoding converts x to fp32
-// (exact) and multiplies the fp32 weights, which is the decode contract for bf16 at any M on every tier.
-bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector) {
+// AVX-512 and AVX2 tiers; the scalar tier always decodes (its only prefill is the GEMM fallback, whose MKL result
+// depends on the thread count, and for bf16 torch's bf16 GEMM, ~100x slower than fp32 on CPUs without native
+// bf16 arithmetic: a mid-size 128-token prompt took 34 s on an AVX2 EPYC when that path was taken). The AVX2
+// tier's prefill converts x to fp32 (exact) and multiplies the exact fp32 weights, as its decode loop does.
+bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector, bool avx2) {
   const char* env = std::getenv("MINIMOE_CPU_PATH");
   const std::string wish = env ? env : "";
   if (wish == "decode") return false;
   if (wish == "prefill") return true;
   TORCH_CHECK(wish.empty() || wish == "auto", "minimoe::awq_gemm: MINIMOE_CPU_PATH must be auto, decode or prefill, found '",
               wish, "'");
-  return M >= prefill_min_rows(x_dtype) && vector;
+  if (vector) return M >= prefill_min_rows(x_dtype);
+  return avx2 && M >= kAvx2PrefillMinRows;
 }
 
 // The best tier this CPU can run: what "auto" means.
@@ -384,7 +387,7 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   if (M == 0) return y;
 
   const auto [vector, avx2] = tier_for(choose_isa(), scales);
-  const bool prefill = use_prefill(M, x.scalar_type(), vector);
+  const bool prefill = use_prefill(M, x.scalar_type(), vector, avx2);
   if (!prefill) {
     std::vector<DecodeJob> jobs{plan_decode(x, qweight, qzeros, scales, G, y, vector, avx2)};
     run_decode(jobs);
@@ -411,9 +414,10 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   // bf16 x multiplies bf16 weights: each weight is rounded to bf16 once, as in torch.matmul on weights
   // dequantized to bf16. fp32 and fp16 x multiply exact fp32 weights by fp32 x (fp16 -> fp32 is exact).
   // fp32/fp16 x: our own FMA micro-kernel (prefill_fp32.cpp); bf16 already tried AMX above.
-  if (vector && !bf16) {
+  // AVX2 (no AVX-512): every dtype, as fp32 (prefill_fp32_avx2.cpp), never torch's GEMM.
+  if ((vector && !bf16) || avx2) {
     at::Tensor yf = x.scalar_type() == at::kFloat ? y : at::empty({M, N}, xf.options());
-    if (prefill_fp32_avx512(args, yf.data_ptr<float>())) {
+    if (vector ? prefill_fp32_avx512(args, yf.data_ptr<float>()) : prefill_fp32_avx2(args, yf.data_ptr<float>())) {
       if (!yf.is_same(y)) y.copy_(yf);
       return y;
     }
@@ -470,7 +474,7 @@ std::vector<at::Tensor> awq_gemm_many_cpu(at::TensorList xs, at::TensorList qwei
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor x = xs[i].contiguous(), scale = scales[i].contiguous();
     const Tier tier = tier_for(isa, scale);
-    if (x.size(0) == 0 || use_prefill(x.size(0), x.scalar_type(), tier.vector)) {
+    if (x.size(0) == 0 || use_prefill(x.size(0), x.scalar_type(), tier.vector, tier.avx2)) {
       ys[i] = awq_gemm_cpu(x, qweights[i], qzeros[i], scale, group_sizes[i]);
       continue;
     }

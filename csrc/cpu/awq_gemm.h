@@ -84,6 +84,9 @@ bool amx_available();
 
 // prefill_fp32.cpp: fp32 x (a.x) times the exact fp32 W^T, AVX-512 FMA micro-kernel; y is fp32 [M, N].
 bool prefill_fp32_avx512(const AwqGemmArgs& a, float* y);
+// prefill_fp32_avx2.cpp: the same product and the same bits at 256 bits (AVX2 + FMA + F16C), for CPUs without
+// AVX-512; x of every dtype reaches it as fp32.
+bool prefill_fp32_avx2(const AwqGemmArgs& a, float* y);
 
 }  // namespace cpu
 }  // namespace minimoe

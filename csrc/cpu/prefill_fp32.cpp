@@ -38,22 +38,17 @@
 // awq_gemm_avx512.cpp.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <memory>
 #include <vector>
 
 #include "avx512_inl.h"
+#include "prefill_blocking.h"
 
 namespace minimoe {
 namespace cpu {
 namespace {
 
-// Rows of W^T per chunk (panel), about 256: whole groups when G <= 256, else a divisor of G (so a chunk never
-// straddles two groups: dequant_tile_avx512 is then handed a chunk that is exactly whole groups of size G or of
-// size chunk, one scale row each). A function of G only: never of the thread count.
-constexpr int64_t kTargetChunkRows = 256;
 // Micro-kernel shape: kTileRows rows of x by kPanelVectors * 16 columns of the panel.
 constexpr int kTileRows = 14;
 constexpr int64_t kPanelVectors = 2;
@@ -64,12 +59,9 @@ constexpr int64_t kPrefetchRows = 16;
 // again, which at >= 504 rows costs < 1%.
 constexpr int64_t kTilesPerRowBlock = 36;
 
-int64_t chunk_rows(int64_t G) {
-  if (G <= kTargetChunkRows) return G * (kTargetChunkRows / G);
-  for (int64_t d = kTargetChunkRows; d > 1; --d)
-    if (G % d == 0) return d;
-  return 1;
-}
+using prefill::align64;
+using prefill::chunk_rows;
+using RowTiles = prefill::RowTiles<kTileRows>;
 
 // c[MR, 16 NV] (row stride c_stride) = (accumulate ? c : 0) + xp^T @ w over `rows` rows k, where xp is a packed
 // tile chunk [rows][MR] and w a strip of the panel [rows][16 NV] (row stride w_stride, 64-byte aligned). Each
@@ -125,19 +117,6 @@ MINIMOE_AVX512 void tile_dispatch(int mr, const float* xp, const float* panel, i
     default: tile_times_panel<14>(xp, panel, rows, c, accumulate); break;
     static_assert(kTileRows == 14, "tile_dispatch lists the tile heights 1 .. kTileRows");
   }
-}
-
-// M rows of x cut into ceil(M / 14) tiles of nearly equal height (heights differ by at most 1).
-struct RowTiles {
-  int64_t count, base, extra;
-  explicit RowTiles(int64_t M) : count((M + kTileRows - 1) / kTileRows), base(M / count), extra(M % count) {}
-  int64_t start(int64_t i) const { return i * base + std::min(i, extra); }
-  int64_t rows(int64_t i) const { return base + (i < extra ? 1 : 0); }
-};
-
-float* align64(float* buffer) {
-  const uintptr_t p = reinterpret_cast<uintptr_t>(buffer);
-  return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
 }
 
 // ---- packed order -> channel order, 128 floats at a time ----------------------------------------------------
@@ -223,19 +202,6 @@ MINIMOE_AVX512 void multiply_blocks(const AwqGemmArgs& a, const RowTiles& tiles,
   }
 }
 
-// xp = rows of tiles t0..t1 of x, each tile stored [k][row] (MR floats per k), tiles one after the other.
-void pack_x(const AwqGemmArgs& a, const RowTiles& tiles, int64_t t0, int64_t t1, float* xp) {
-  const int64_t m0 = tiles.start(t0);
-  at::parallel_for(t0, t1, 1, [&](int64_t first, int64_t last) {
-    for (int64_t t = first; t < last; ++t) {
-      const int64_t start = tiles.start(t), mr = tiles.rows(t);
-      float* dst = xp + (start - m0) * a.K;
-      for (int64_t k = 0; k < a.K; ++k)
-        for (int64_t r = 0; r < mr; ++r) dst[k * mr + r] = a.x[(start + r) * a.K + k];
-    }
-  });
-}
-
 }  // namespace
 
 bool prefill_fp32_avx512(const AwqGemmArgs& a, float* y) {
@@ -246,7 +212,7 @@ bool prefill_fp32_avx512(const AwqGemmArgs& a, float* y) {
   const int64_t blocks = (a.N / 8 + kBlockWords - 1) / kBlockWords;
   for (int64_t t0 = 0; t0 < tiles.count; t0 += kTilesPerRowBlock) {
     const int64_t t1 = std::min(tiles.count, t0 + kTilesPerRowBlock);
-    pack_x(a, tiles, t0, t1, xp);
+    prefill::pack_x(a, tiles, t0, t1, xp);
     // Threads split the column blocks only (grain 1 block); each calls a plain function, since a lambda does not
     // inherit MINIMOE_AVX512.
     at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
