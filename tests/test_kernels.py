@@ -218,8 +218,8 @@ def has_isa_kernels(isa):
        dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1))
 def test_each_cpu_kernel_matches_reference(isa, path, M, words, G, dtype, seed):
     # MINIMOE_CPU_ISA and MINIMOE_CPU_PATH (read on every call) force one kernel family and one path, so all
-    # six combinations are checked on an AVX-512 machine, at any M. (AVX2 has no prefill kernel of its own:
-    # forced to prefill it runs the dequantize + GEMM fallback, which an AVX2-only CPU never picks itself.)
+    # six combinations are checked on an AVX-512 machine, at any M. (AVX2's prefill is its own fp32 kernel for
+    # every dtype; forced to prefill, the scalar tier runs the dequantize + GEMM fallback.)
     require_kernel("cpu")
     if isa != "scalar" and not has_isa_kernels(isa):
         pytest.skip(f"this CPU (or build) has no {isa}")

@@ -25,8 +25,7 @@
 //     the codes (nibble i of word l belongs to the same channel in both).
 // A result depends only on k order inside a group and group order, never on the strip or thread split.
 //
-// The prefill path has no AVX2 kernel: x of every dtype keeps decoding at any M on such CPUs (thread-count
-// invariant; bf16 x used to take a dequantize + torch bf16 GEMM, ~100x slower than fp32 without native bf16).
+// From M = 32 on, the driver hands the product to the AVX2 prefill kernel instead (prefill_fp32_avx2.cpp).
 #include "awq_gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
