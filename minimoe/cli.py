@@ -44,6 +44,11 @@ def cmd_info(args) -> int:
                            f"{engines.resolve(None, 'cuda') if engines.default_name() != 'cuda-graph' else 'cuda-graph'}"))
     if info["cpu_isa"]:
         rows.append(("CPU kernels", info["cpu_isa"] + (", bf16 prefill on AMX" if info["cpu_amx"] else "")))
+    from minimoe.loading import cpu_has_native_bf16
+
+    native_bf16 = cpu_has_native_bf16()
+    rows.append(("CPU dtype (auto, AWQ)", ("bfloat16: this CPU has native bf16 arithmetic" if native_bf16 else
+                                           "float32: this CPU has no native bf16 (int4 kernels compute in fp32)")))
     width = max(len(label) for label, _ in rows) + 2     # one column for the values, whatever the kernel names
     for label, value in rows:
         print(f"{label:<{width}}{value}")
@@ -76,6 +81,8 @@ def resolve_dtype(name: str | None, device):
 
     if name is None:
         return None
+    if name == "auto":
+        return "auto"  # load_model's rule (minimoe.loading.auto_dtype), once the checkpoint's config is read
     from minimoe.config import DTYPES
 
     if name not in DTYPES:
@@ -184,7 +191,8 @@ def _generate(args, sampling, ep) -> int:
     graph = f" ({kind} in {result.graph_seconds * 1e3:.0f} ms)" if result.graph_seconds else ""
     print(f"[{len(result.tokens[0])} tokens, {result.finish_reasons[0]}; prefill {result.prompt_tokens[0]} tokens "
           f"at {result.prefill_tokens_per_s:.1f} tok/s, decode {result.decode_tokens_per_s:.1f} tok/s{graph}; "
-          f"engine {model.engine}, int4 kernel {ops.awq_backend(model.device)}; peak memory {memory}]", file=sys.stderr)
+          f"engine {model.engine}, {str(model.dtype).replace('torch.', '')}, int4 kernel {ops.awq_backend(model.device)}; "
+          f"peak memory {memory}]", file=sys.stderr)
     return 0
 
 
@@ -604,8 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     def model_options(p, device=True):
         p.add_argument("--model", help="checkpoint directory (default: the built-in model, trained on Shakespeare)")
         p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-        p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                       help="activation dtype (default: the checkpoint's)")
+        p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                       help="activation dtype (default auto: on a CPU, an AWQ checkpoint runs in bfloat16 where the "
+                            "CPU has native bf16, else float32; otherwise the checkpoint's dtype)")
         p.add_argument("--engine", choices=list(ENGINE_NAMES), default=None,
                        help="what runs model.py: reference (the Python as written), native (C++/CUDA fast "
                             "paths), compile (torch.compile of the decode step), cuda-graph (GPU), auto (default, "

@@ -17,12 +17,43 @@ from minimoe.config import DTYPES
 from minimoe.model import RotaryEmbedding, Transformer
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU does bf16 arithmetic in hardware: x86 AVX512_BF16 or AMX-BF16, ARM FEAT_BF16 (Linux
+    /proc/cpuinfo flags; False where they cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def auto_dtype(config, device: str | torch.device = "cpu") -> torch.dtype:
+    """What dtype="auto" loads: the fastest activation dtype that keeps the kernels' fp32 accumulation.
+
+    - GPU, or a checkpoint without int4 linears: the checkpoint's own dtype (converting plain weights would
+      change their memory, and GPUs run fp16/bf16 natively).
+    - CPU, AWQ checkpoint: bfloat16 where the CPU has native bf16 arithmetic (AVX512_BF16 / AMX; AMX also has a
+      bf16 prefill kernel), else float32. Without native bf16, the int4 kernels turn bf16 and fp16 x into fp32
+      anyway (exact) and the torch parts of the model (norms, attention, sampling) run slower in them; fp32
+      keeps every activation exact. Measured in docs/kernels-cpu.md ("Which dtype on a CPU").
+    """
+    device = torch.device(device)
+    if device.type != "cpu" or config.quantization is None:
+        return config.torch_dtype
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
 def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
                device: str | torch.device = "cpu", progress=None, engine: str | None = None,
                expert_parallel=None) -> Transformer:
     """Load a checkpoint directory into a Transformer in eval mode, run by `engine`.
 
-    dtype: activations and plain weights (default: the checkpoint's own dtype); fp32, fp16 or bf16.
+    dtype: activations and plain weights (default: the checkpoint's own dtype); fp32, fp16 or bf16, or "auto":
+        the rule of auto_dtype below (the command line's default).
     AWQ linears keep their int4 tensors as stored (scales stay fp16), whatever `dtype` is.
     progress: optional callable(done, total) called as tensors are placed (the CLI draws a bar with it).
     engine: which engine runs it (minimoe/engines: "reference", "native", "compile", "cuda-graph" or "auto");
@@ -38,6 +69,8 @@ def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,
         engine = "reference" if name == "reference" else "native"
     checkpoint = Checkpoint(path)
     config = checkpoint.config
+    if dtype == "auto":
+        dtype = auto_dtype(config, device)
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
