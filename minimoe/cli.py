@@ -44,11 +44,8 @@ def cmd_info(args) -> int:
                            f"{engines.resolve(None, 'cuda') if engines.default_name() != 'cuda-graph' else 'cuda-graph'}"))
     if info["cpu_isa"]:
         rows.append(("CPU kernels", info["cpu_isa"] + (", bf16 prefill on AMX" if info["cpu_amx"] else "")))
-    from minimoe.loading import cpu_has_native_bf16
-
-    native_bf16 = cpu_has_native_bf16()
-    rows.append(("CPU dtype (auto, AWQ)", ("bfloat16: this CPU has native bf16 arithmetic" if native_bf16 else
-                                           "float32: this CPU has no native bf16 (int4 kernels compute in fp32)")))
+    rows.append(("CPU dtype (auto, AWQ)", "bfloat16: int4 prefill on AMX" if info["cpu_amx"] else
+                 "float32: no AMX here; the int4 kernels compute in fp32 for every dtype"))
     width = max(len(label) for label, _ in rows) + 2     # one column for the values, whatever the kernel names
     for label, value in rows:
         print(f"{label:<{width}}{value}")
@@ -613,8 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="checkpoint directory (default: the built-in model, trained on Shakespeare)")
         p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
         p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                       help="activation dtype (default auto: on a CPU, an AWQ checkpoint runs in bfloat16 where the "
-                            "CPU has native bf16, else float32; otherwise the checkpoint's dtype)")
+                       help="activation dtype (default auto: on a CPU, an AWQ checkpoint runs in bfloat16 where its "
+                            "prefill runs on AMX, else float32; otherwise the checkpoint's dtype)")
         p.add_argument("--engine", choices=list(ENGINE_NAMES), default=None,
                        help="what runs model.py: reference (the Python as written), native (C++/CUDA fast "
                             "paths), compile (torch.compile of the decode step), cuda-graph (GPU), auto (default, "

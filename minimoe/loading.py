@@ -17,34 +17,29 @@ from minimoe.config import DTYPES
 from minimoe.model import RotaryEmbedding, Transformer
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU does bf16 arithmetic in hardware: x86 AVX512_BF16 or AMX-BF16, ARM FEAT_BF16 (Linux
-    /proc/cpuinfo flags; False where they cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    except OSError:
-        pass
-    return False
+def cpu_runs_bf16_prefill_on_amx() -> bool:
+    """True when the compiled extension runs bf16 prefill on AMX tiles on this CPU (AMX-BF16 present and granted by
+    the OS; the extension's own check, minimoe.ops.build_info()["cpu_amx"]); False without the extension."""
+    from minimoe import ops
+
+    return bool(ops.build_info().get("cpu_amx"))
 
 
 def auto_dtype(config, device: str | torch.device = "cpu") -> torch.dtype:
-    """What dtype="auto" loads: the fastest activation dtype that keeps the kernels' fp32 accumulation.
+    """What dtype="auto" loads (the command line's default): the fastest activation dtype, measured, that keeps the
+    kernels' fp32 accumulation.
 
     - GPU, or a checkpoint without int4 linears: the checkpoint's own dtype (converting plain weights would
       change their memory, and GPUs run fp16/bf16 natively).
-    - CPU, AWQ checkpoint: bfloat16 where the CPU has native bf16 arithmetic (AVX512_BF16 / AMX; AMX also has a
-      bf16 prefill kernel), else float32. Without native bf16, the int4 kernels turn bf16 and fp16 x into fp32
-      anyway (exact) and the torch parts of the model (norms, attention, sampling) run slower in them; fp32
-      keeps every activation exact. Measured in docs/kernels-cpu.md ("Which dtype on a CPU").
+    - CPU, AWQ checkpoint: bfloat16 where the int4 prefill runs on AMX (about 3x fp32's prefill on a Xeon with
+      AMX), else float32. Elsewhere the int4 kernels turn bf16 and fp16 x into fp32 anyway (exact), and fp32
+      decoded at least as fast as bf16 and fp16 on every CPU measured, AVX512_BF16 included; fp32 also keeps every
+      activation exact. Numbers: docs/kernels-cpu.md ("Which dtype on a CPU").
     """
     device = torch.device(device)
     if device.type != "cpu" or config.quantization is None:
         return config.torch_dtype
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if cpu_runs_bf16_prefill_on_amx() else torch.float32
 
 
 def load_model(path: str | os.PathLike, dtype: torch.dtype | str | None = None,

@@ -56,20 +56,20 @@ def test_generate_from_a_checkpoint_directory_matches_the_library(tiny_dir, engi
 def test_auto_dtype_follows_the_documented_rule(tiny_dir, tmp_path):
     import torch
 
-    from minimoe.loading import auto_dtype, cpu_has_native_bf16
+    from minimoe import ops
+    from minimoe.loading import auto_dtype
 
-    # The CPU's bf16 arithmetic as torch's own cpuinfo sees it (x86), the reference for our /proc/cpuinfo reading.
-    if hasattr(torch.cpu, "_is_avx512_bf16_supported") and os.uname().machine == "x86_64":
-        assert cpu_has_native_bf16() == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    amx = bool(ops.build_info()["cpu_amx"])
+    if amx and hasattr(torch.cpu, "_is_amx_tile_supported"):  # torch's own cpuinfo agrees the CPU has AMX tiles
+        assert torch.cpu._is_amx_tile_supported()
     awq = minimoe.load_model(tiny_dir, dtype="auto", engine="reference")
     assert awq.config.quantization is not None
-    assert awq.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert awq.dtype == (torch.bfloat16 if amx else torch.float32)
     plain = make_tiny_checkpoint(tmp_path / "plain", quantized=False, dtype="float16")
     assert minimoe.load_model(plain, dtype="auto", engine="reference").dtype == torch.float16  # as stored
     assert auto_dtype(awq.config, "cuda") == awq.config.torch_dtype  # GPUs: the checkpoint's dtype
     info = run("info")
-    assert ("bfloat16: this CPU has native bf16" if cpu_has_native_bf16() else "float32: this CPU has no native bf16") \
-        in info.stdout
+    assert ("bfloat16: int4 prefill on AMX" if amx else "float32: no AMX here") in info.stdout
 
 
 def test_cli_engine_names_are_the_library_s():
