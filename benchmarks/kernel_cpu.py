@@ -68,6 +68,37 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def torch_bf16_is_pathological() -> bool:
+    """torch's bf16 GEMM on an x86 CPU without native bf16 arithmetic (no AVX512_BF16, no AMX) runs ~100x slower
+    than fp32 (measured on an AVX2 Zen 3: a --quick run did not finish in 10 minutes); such a baseline is skipped
+    at M > 1 and the table says so."""
+    flags = cpu_flags()
+    return "avx2" in flags and not flags & {"avx512_bf16", "amx_bf16"}
+
+
+def path_taken(M: int, dtype: torch.dtype) -> str:
+    """Which path awq_gemm takes (mirrors use_prefill() in csrc/cpu/awq_gemm.cpp; informational only)."""
+    isa = os.environ.get("MINIMOE_CPU_ISA") or "auto"
+    if isa == "auto":
+        isa = ops.build_info().get("cpu_isa") or "scalar"
+    if isa == "avx512":
+        return "decode" if M < (16 if dtype == torch.bfloat16 else 32) else "prefill"
+    if isa == "avx2":
+        return "decode" if M < 32 else "prefill"
+    return "decode"
+
+
 def bench_shape(K, N, rows, budget_s, with_naive):
     gen = torch.Generator().manual_seed(K * 31 + N)
     packed = [random_packed(K, N, gen) for _ in range(copies_for(weight_bytes(K, N)))]
@@ -76,6 +107,7 @@ def bench_shape(K, N, rows, budget_s, with_naive):
         torch.float32: [w32] + [w32.clone() for _ in range(copies_for(w32.numel() * 4) - 1)],
         torch.bfloat16: [w32.to(torch.bfloat16) for _ in range(copies_for(w32.numel() * 2))],
     }
+    skip_bf16 = torch_bf16_is_pathological()
     del w32
     results = []
     for M in rows:
@@ -87,6 +119,8 @@ def bench_shape(K, N, rows, budget_s, with_naive):
             ("torch", torch.float32): lambda i: xs[torch.float32] @ dense[torch.float32][i % len(dense[torch.float32])],
             ("torch", torch.bfloat16): lambda i: xs[torch.bfloat16] @ dense[torch.bfloat16][i % len(dense[torch.bfloat16])],
         }
+        if skip_bf16 and M > 1:
+            del contestants[("torch", torch.bfloat16)]
         times = {key: [] for key in contestants}
         for key, fn in contestants.items():  # warm-up: first-call costs (oneDNN primitive creation) stay out
             fn(0)
@@ -101,6 +135,7 @@ def bench_shape(K, N, rows, budget_s, with_naive):
                      for j in range(3)]
             naive_ms = statistics.median(naive) * 1e3
         med = {key: statistics.median(v) * 1e3 for key, v in times.items()}
+        med.setdefault(("torch", torch.bfloat16), None)  # skipped: pathological on this CPU
         for dt in (torch.float32, torch.bfloat16):
             ms = med[("ours", dt)]
             results.append({
@@ -112,8 +147,7 @@ def bench_shape(K, N, rows, budget_s, with_naive):
                 "torch_fp32_ms": med[("torch", torch.float32)],
                 "naive_ms": naive_ms if dt == torch.float32 else None,
                 "repetitions": len(times[("ours", dt)]),
-                # Mirrors prefill_min_rows() in csrc/cpu/awq_gemm.cpp (informational only).
-                "path": "decode" if M < (16 if dt == torch.bfloat16 else 32) else "prefill",
+                "path": path_taken(M, dt),
             })
     return results
 
@@ -161,7 +195,7 @@ def main():
         rows_out += bench_shape(K, N, rows, budget, with_naive=(i == 0))
     for r in rows_out:
         r["pct_read_bw"] = 100 * r["weight_GBps"] / bandwidth
-        r["x_vs_torch_same_dtype"] = r["torch_same_dtype_ms"] / r["ms"]
+        r["x_vs_torch_same_dtype"] = r["torch_same_dtype_ms"] / r["ms"] if r["torch_same_dtype_ms"] else None
         r["x_vs_torch_fp32"] = r["torch_fp32_ms"] / r["ms"]
         r["x_vs_naive"] = r["naive_ms"] / r["ms"] if r["naive_ms"] else None
 
@@ -171,10 +205,14 @@ def main():
     print("-" * len(header))
     for r in rows_out:
         naive = f"{r['x_vs_naive']:.0f}x" if r["x_vs_naive"] else ""
+        same = (f"{r['torch_same_dtype_ms']:>8.2f}ms {r['x_vs_torch_same_dtype']:>6.2f}x" if r["torch_same_dtype_ms"]
+                else f"{'skipped*':>10} {'':>7}")
         print(f"{r['K']:>5}x{r['N']:<6} {r['M']:>4} {r['dtype'][:5]:>5} {r['path']:>7} {r['ms']:>8.2f} "
               f"{r['weight_GBps']:>6.1f} {r['pct_read_bw']:>4.0f}% {r['GFLOPs']:>8.0f} "
-              f"{r['torch_same_dtype_ms']:>8.2f}ms {r['x_vs_torch_same_dtype']:>6.2f}x {r['x_vs_torch_fp32']:>6.2f}x "
-              f"{naive:>8}")
+              f"{same} {r['x_vs_torch_fp32']:>6.2f}x {naive:>8}")
+    if any(r["torch_same_dtype_ms"] is None for r in rows_out):
+        print("* torch bf16 skipped at M > 1: this CPU has no native bf16 (no AVX512_BF16 or AMX), where torch's bf16 "
+              "GEMM runs ~100x slower than fp32")
 
     result = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
