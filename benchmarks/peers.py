@@ -47,6 +47,7 @@ sys.path.insert(0, ROOT)
 import minimoe  # noqa: E402
 from minimoe import ops  # noqa: E402
 from e2e import MID_CONFIG, minimoe_decode, transformers_decode  # noqa: E402  (benchmarks/e2e.py)
+from ab import cpu_name  # noqa: E402  (benchmarks/ab.py: the CPU's model name from /proc/cpuinfo)
 from report import write_json  # noqa: E402  (benchmarks/report.py)
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the source distribution whose vendored llama.cpp is built (pinned: reproducible)
@@ -137,17 +138,6 @@ def llama_round(bins: str, gguf: str, prompt: int, decode: int, threads: int) ->
     pp = next(r for r in records if r["n_prompt"] == prompt and r["n_gen"] == 0)
     tg = next(r for r in records if r["n_gen"] == decode and r["n_prompt"] == 0)
     return pp["avg_ts"], tg["avg_ts"], pp
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
