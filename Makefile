@@ -7,6 +7,8 @@
 #   make bench             run the benchmark scripts (tables + JSON under benchmarks/results/)
 #   make docs              build the documentation site (mkdocs --strict)
 #   make clean             remove build products (keeps .venv)
+#   make neon-tools        install the AArch64 cross compiler and qemu (Debian/Ubuntu, root) so that
+#                          tests/test_neon.py runs the NEON tier here instead of skipping
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,7 +22,7 @@ INSTALLED := $(VENV)/.minimoe-installed
 NATIVE_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 EXTENSION := $(VENV)/.minimoe-extension
 
-.PHONY: setup build test demo bench docs clean
+.PHONY: setup build test demo bench docs clean neon-tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,3 +63,8 @@ docs: setup
 
 clean:
 	rm -rf build dist *.egg-info minimoe/_C*.so site $(EXTENSION)
+
+# The NEON tier's tests cross-compile csrc/cpu/awq_gemm_neon.cpp and run it under user-mode qemu.
+neon-tools:
+	apt-get install -y --no-install-recommends g++-aarch64-linux-gnu qemu-user \
+		|| (apt-get update && apt-get install -y --no-install-recommends g++-aarch64-linux-gnu qemu-user)

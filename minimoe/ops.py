@@ -83,7 +83,7 @@ def build_info() -> dict:
         info["cuda_archs"] = [a for a in str(native["cuda_archs"]).replace(",", ";").split(";") if a]
         info["kernels"] = {name: list(devices) for name, devices in native["kernels"].items()}
         info["compiled_with_torch"] = native["compiled_with_torch"]
-        info["cpu_isa"] = str(native["cpu_isa"])  # avx512 | avx2 | scalar: the CPU kernels' tier here
+        info["cpu_isa"] = str(native["cpu_isa"])  # avx512 | avx2 | neon | scalar: the CPU kernels' tier here
         info["cpu_amx"] = bool(native["cpu_amx"])  # bf16 prefill on AMX tiles
     info["awq_backend"] = {"cpu": awq_backend("cpu"), "cuda": awq_backend("cuda")}
     return info

@@ -235,7 +235,7 @@ def test_each_cpu_kernel_matches_reference(isa, path, M, words, G, dtype, seed):
 
 
 @pytest.mark.parametrize("variable, value, message", [
-    ("MINIMOE_CPU_ISA", "sse9", "MINIMOE_CPU_ISA must be auto, avx512, avx2 or scalar, found 'sse9'"),
+    ("MINIMOE_CPU_ISA", "sse9", "MINIMOE_CPU_ISA must be auto, avx512, avx2, neon or scalar, found 'sse9'"),
     ("MINIMOE_CPU_PATH", "fast", "MINIMOE_CPU_PATH must be auto, decode or prefill, found 'fast'"),
 ])
 def test_unknown_kernel_choice_is_refused(monkeypatch, variable, value, message):

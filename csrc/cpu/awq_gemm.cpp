@@ -19,9 +19,10 @@
 // tile's GEMM runs single-threaded on its calling thread, which makes oneDNN (bf16) invariant; MKL (fp32) is
 // not, at larger K, which is why fp32 on AVX-512 no longer goes there.
 //
-// Instruction set: AVX-512 when the CPU has it, else AVX2 (awq_gemm_avx2.cpp, prefill_fp32_avx2.cpp), else scalar C++.
-// MINIMOE_CPU_ISA=avx512|avx2|scalar (read on every call) forces one, so the tests check all three on an
-// AVX-512 machine; MINIMOE_CPU_PATH likewise forces the decode or the prefill path.
+// Instruction set: AVX-512 when the CPU has it, else AVX2 (awq_gemm_avx2.cpp, prefill_fp32_avx2.cpp), on ARM64
+// NEON (awq_gemm_neon.cpp), else scalar C++. MINIMOE_CPU_ISA=avx512|avx2|neon|scalar (read on every call) forces
+// one, so the tests check the x86 tiers on an AVX-512 machine (and tests/test_neon.py runs the NEON kernels under
+// qemu); MINIMOE_CPU_PATH likewise forces the decode or the prefill path.
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -80,6 +81,9 @@ int64_t prefill_min_rows(at::ScalarType x_dtype) { return x_dtype == at::kBFloat
 // The AVX2 tier's crossover, every dtype (x always reaches its micro-kernel as fp32), measured on a Zen 4 core
 // with AVX2 forced, 4096 x 14336: decode faster at M = 24, prefill at M = 32 (docs/kernels-cpu.md).
 constexpr int64_t kAvx2PrefillMinRows = 32;
+// The NEON tier's: taken from the AVX2 tier's (same design, same register budget per FMA unit); not measured on
+// ARM hardware, where none was available.
+constexpr int64_t kNeonPrefillMinRows = 32;
 
 // MINIMOE_CPU_PATH=decode|prefill (read on every call) forces a path whatever M is: the tests use it to run
 // both paths on small shapes, the benchmark to find where they cross. Unset or "auto": decided by M on the
@@ -87,7 +91,7 @@ constexpr int64_t kAvx2PrefillMinRows = 32;
 // depends on the thread count, and for bf16 torch's bf16 GEMM, ~100x slower than fp32 on CPUs without native
 // bf16 arithmetic: a mid-size 128-token prompt took 34 s on an AVX2 EPYC when that path was taken). The AVX2
 // tier's prefill converts x to fp32 (exact) and multiplies the exact fp32 weights, as its decode loop does.
-bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector, bool avx2) {
+bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector, bool avx2, bool neon) {
   const char* env = std::getenv("MINIMOE_CPU_PATH");
   const std::string wish = env ? env : "";
   if (wish == "decode") return false;
@@ -95,11 +99,16 @@ bool use_prefill(int64_t M, at::ScalarType x_dtype, bool vector, bool avx2) {
   TORCH_CHECK(wish.empty() || wish == "auto", "minimoe::awq_gemm: MINIMOE_CPU_PATH must be auto, decode or prefill, found '",
               wish, "'");
   if (vector) return M >= prefill_min_rows(x_dtype);
+  if (neon) return M >= kNeonPrefillMinRows;
   return avx2 && M >= kAvx2PrefillMinRows;
 }
 
 // The best tier this CPU can run: what "auto" means.
-Isa auto_isa() { return avx512_available() ? Isa::kAvx512 : avx2_available() ? Isa::kAvx2 : Isa::kScalar; }
+Isa auto_isa() {
+  if (avx512_available()) return Isa::kAvx512;
+  if (avx2_available()) return Isa::kAvx2;
+  return neon_available() ? Isa::kNeon : Isa::kScalar;
+}
 
 }  // namespace
 
@@ -115,8 +124,12 @@ Isa choose_isa(const char* op) {
     TORCH_CHECK(avx2_available(), op, ": MINIMOE_CPU_ISA=avx2 but this CPU (or this build) has no AVX2/FMA/F16C");
     return Isa::kAvx2;
   }
-  TORCH_CHECK(wish.empty() || wish == "auto", op, ": MINIMOE_CPU_ISA must be auto, avx512, avx2 or scalar, found '",
-              wish, "'");
+  if (wish == "neon") {
+    TORCH_CHECK(neon_available(), op, ": MINIMOE_CPU_ISA=neon but this is not an ARM64 (AArch64) build");
+    return Isa::kNeon;
+  }
+  TORCH_CHECK(wish.empty() || wish == "auto", op,
+              ": MINIMOE_CPU_ISA must be auto, avx512, avx2, neon or scalar, found '", wish, "'");
   return auto_isa();
 }
 
@@ -124,6 +137,7 @@ const char* default_isa_name() {
   switch (auto_isa()) {
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
+    case Isa::kNeon: return "neon";
     default: return "scalar";
   }
 }
@@ -267,13 +281,13 @@ struct DecodeJob {
   at::Tensor y, xf, xsum, partial;  // output, x in fp32, its per-group sums, per-chunk partial sums (or y)
   AwqGemmArgs args;
   at::ScalarType out_dtype, scale_dtype;
-  bool vector, avx2;
+  bool vector, avx2, neon;
   int64_t chunks, groups_per_chunk, spans, span_words;
   bool direct;  // fp32 output from a single chunk: the kernel writes y itself
 };
 
 DecodeJob plan_decode(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& qzeros, const at::Tensor& scales,
-                      int64_t G, at::Tensor y, bool vector, bool avx2) {
+                      int64_t G, at::Tensor y, bool vector, bool avx2, bool neon) {
   DecodeJob job;
   const int64_t M = x.size(0), K = qweight.size(0), words = qweight.size(1), N = 8 * words, groups = K / G;
   job.y = y;
@@ -281,6 +295,7 @@ DecodeJob plan_decode(const at::Tensor& x, const at::Tensor& qweight, const at::
   job.scale_dtype = scales.scalar_type();
   job.vector = vector;
   job.avx2 = avx2;
+  job.neon = neon;
   // x in fp32 (exact for bf16/fp16 inputs) and its per-group sums, summed left to right: the zero-point term.
   job.xf = x.to(at::kFloat);
   job.xsum = at::empty({M, groups}, job.xf.options());
@@ -332,6 +347,7 @@ void run_decode(std::vector<DecodeJob>& jobs) {
     float* out = d.partial.data_ptr<float>() + item.chunk * d.args.M * d.args.N;
     if (d.vector) decode_avx512(d.args, w0, w1, g0, g1, out);
     else if (d.avx2) decode_avx2(d.args, w0, w1, g0, g1, out);
+    else if (d.neon) decode_neon(d.args, w0, w1, g0, g1, out);
     else decode_scalar(d.args, d.scale_dtype, w0, w1, g0, g1, out);
   };
   const int64_t n = static_cast<int64_t>(items.size());
@@ -366,13 +382,14 @@ void run_decode(std::vector<DecodeJob>& jobs) {
 }
 
 // The ISA tier for a call: `vector` is AVX-512 (decode + both prefill micro-kernels), `avx2` the AVX2 decode
-// loop. The vector kernels read float16 scales; other scale dtypes take the scalar kernels.
+// loop and fp32 prefill, `neon` the NEON ones. The vector kernels read float16 scales; other scale dtypes take
+// the scalar kernels.
 struct Tier {
-  bool vector, avx2;
+  bool vector, avx2, neon;
 };
 Tier tier_for(Isa isa, const at::Tensor& scales) {
   const bool half = scales.scalar_type() == at::kHalf;
-  return {isa == Isa::kAvx512 && half, isa == Isa::kAvx2 && half};
+  return {isa == Isa::kAvx512 && half, isa == Isa::kAvx2 && half, isa == Isa::kNeon && half};
 }
 
 }  // namespace
@@ -386,10 +403,10 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0) return y;
 
-  const auto [vector, avx2] = tier_for(choose_isa(), scales);
-  const bool prefill = use_prefill(M, x.scalar_type(), vector, avx2);
+  const auto [vector, avx2, neon] = tier_for(choose_isa(), scales);
+  const bool prefill = use_prefill(M, x.scalar_type(), vector, avx2, neon);
   if (!prefill) {
-    std::vector<DecodeJob> jobs{plan_decode(x, qweight, qzeros, scales, G, y, vector, avx2)};
+    std::vector<DecodeJob> jobs{plan_decode(x, qweight, qzeros, scales, G, y, vector, avx2, neon)};
     run_decode(jobs);
     return y;
   }
@@ -421,6 +438,18 @@ at::Tensor awq_gemm_cpu(const at::Tensor& x_in, const at::Tensor& qweight_in, co
       if (!yf.is_same(y)) y.copy_(yf);
       return y;
     }
+  }
+  // NEON (ARM64): every dtype as fp32, like AVX2. Its kernel is single-threaded (awq_gemm.h): threads take
+  // column blocks here, which changes no bit.
+  if (neon) {
+    at::Tensor yf = x.scalar_type() == at::kFloat ? y : at::empty({M, N}, xf.options());
+    std::vector<float> xp(neon_packed_x_floats(M, K));
+    neon_pack_x(args.x, M, K, xp.data());
+    at::parallel_for(0, (words + kBlockWords - 1) / kBlockWords, 1, [&](int64_t first, int64_t last) {
+      prefill_neon(args, xp.data(), first, last, yf.data_ptr<float>());
+    });
+    if (!yf.is_same(y)) y.copy_(yf);
+    return y;
   }
   // Fallback: dequantize a tile of W^T, multiply with torch's GEMM, scatter the columns back.
   const at::Tensor a = bf16 ? x : xf;
@@ -474,7 +503,7 @@ std::vector<at::Tensor> awq_gemm_many_cpu(at::TensorList xs, at::TensorList qwei
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor x = xs[i].contiguous(), scale = scales[i].contiguous();
     const Tier tier = tier_for(isa, scale);
-    if (x.size(0) == 0 || use_prefill(x.size(0), x.scalar_type(), tier.vector, tier.avx2)) {
+    if (x.size(0) == 0 || use_prefill(x.size(0), x.scalar_type(), tier.vector, tier.avx2, tier.neon)) {
       ys[i] = awq_gemm_cpu(x, qweights[i], qzeros[i], scale, group_sizes[i]);
       continue;
     }
@@ -482,7 +511,7 @@ std::vector<at::Tensor> awq_gemm_many_cpu(at::TensorList xs, at::TensorList qwei
     for (const at::Tensor& t : {x, qweights[i].contiguous(), qzeros[i].contiguous(), scale}) alive.push_back(t);
     const size_t k = alive.size();
     jobs.push_back(plan_decode(alive[k - 4], alive[k - 3], alive[k - 2], alive[k - 1], group_sizes[i], ys[i],
-                               tier.vector, tier.avx2));
+                               tier.vector, tier.avx2, tier.neon));
   }
   if (!jobs.empty()) run_decode(jobs);
   return ys;

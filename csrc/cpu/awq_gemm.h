@@ -44,15 +44,18 @@ inline int64_t channel_of_packed_position(int64_t block_first_word, int64_t posi
 bool avx512_available();
 
 // The instruction-set tier the kernels pick on this CPU when MINIMOE_CPU_ISA does not force one:
-// "avx512", "avx2" or "scalar" (awq_gemm.cpp; also reported by build_info()).
+// "avx512", "avx2", "neon" or "scalar" (awq_gemm.cpp; also reported by build_info()).
 const char* default_isa_name();
 
 // True when the CPU has AVX2 + FMA + F16C (awq_gemm_avx2.cpp: the decode loop for CPUs without AVX-512).
 bool avx2_available();
 
-// The tier a CPU op runs: MINIMOE_CPU_ISA=avx512|avx2|scalar (read on every call) forces one (an error naming
-// `op` if this CPU cannot run it), unset or "auto" picks the best this CPU has.
-enum class Isa { kScalar, kAvx2, kAvx512 };
+// True on AArch64 (awq_gemm_neon.cpp: NEON is part of every ARMv8-A CPU), false elsewhere.
+bool neon_available();
+
+// The tier a CPU op runs: MINIMOE_CPU_ISA=avx512|avx2|neon|scalar (read on every call) forces one (an error
+// naming `op` if this CPU cannot run it), unset or "auto" picks the best this CPU has.
+enum class Isa { kScalar, kAvx2, kAvx512, kNeon };
 Isa choose_isa(const char* op = "minimoe::awq_gemm");
 
 // The AVX2 decode loop: same contract as decode_avx512 below (fp16 scales).
@@ -87,6 +90,24 @@ bool prefill_fp32_avx512(const AwqGemmArgs& a, float* y);
 // prefill_fp32_avx2.cpp: the same product and the same bits at 256 bits (AVX2 + FMA + F16C), for CPUs without
 // AVX-512; x of every dtype reaches it as fp32.
 bool prefill_fp32_avx2(const AwqGemmArgs& a, float* y);
+
+// ---- the NEON tier (awq_gemm_neon.cpp): torch-free and single-threaded, so that tests/native/neon_harness.cpp
+// can run the same file under qemu-aarch64; the drivers split the work between threads. fp16 scales. ----------
+
+// Same contract as decode_avx2 / decode_avx512 (and the same bits as decode_avx2).
+void decode_neon(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, int64_t group_begin, int64_t group_end,
+                 float* y);
+// x [M, K] packed for prefill_neon: tiles of 4 rows, each [k][4] (rows past M are 0). xp holds
+// neon_packed_x_floats(M, K) floats.
+int64_t neon_packed_x_floats(int64_t M, int64_t K);
+void neon_pack_x(const float* x, int64_t M, int64_t K, float* xp);
+// y[:, columns of blocks block_begin..block_end) (fp32, row stride N) = x @ W^T with exact fp32 weights, one
+// fused running sum per output in k order: the same bits as prefill_fp32_avx2/avx512 for any block split.
+void prefill_neon(const AwqGemmArgs& a, const float* xp, int64_t block_begin, int64_t block_end, float* y);
+// linear_stored's rows n0..n1 of y = x @ W^T (x fp32 [M, K]; W [N, K] fp16 (fp16 = true) or bf16 bits;
+// round_bf16: each weight rounded to bf16 first, as W.to(bf16) does).
+void linear_rows_neon(const float* x, const uint16_t* w, bool fp16, bool round_bf16, int64_t M, int64_t K, int64_t N,
+                      int64_t n0, int64_t n1, float* y);
 
 }  // namespace cpu
 }  // namespace minimoe

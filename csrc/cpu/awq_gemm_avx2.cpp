@@ -27,6 +27,7 @@
 //
 // From M = 32 on, the driver hands the product to the AVX2 prefill kernel instead (prefill_fp32_avx2.cpp).
 #include "awq_gemm.h"
+#include "decode_strips.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
@@ -49,9 +50,7 @@ bool avx2_available() {
 
 namespace {
 
-constexpr int64_t kStripWords = 16;                    // one cache line of a qweight row
-constexpr int64_t kStripChannels = 8 * kStripWords;    // 128 running sums per row of x
-constexpr int64_t kRows = 16;                          // rows of a group per chunk
+using strips::kRows, strips::kStripChannels, strips::kStripWords;  // decode_strips.h: the shared loop nest
 
 // Nibble `Nib` of 8 packed words as floats q * 16^Nib (Nib < 7) or q (Nib == 7).
 template <int Nib>
@@ -209,40 +208,17 @@ MINIMOE_AVX2 void chunk_all_rows(const AwqGemmArgs& a, const uint32_t* chunk, in
 
 }  // namespace
 
-MINIMOE_AVX2 void decode_avx2(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, int64_t group_begin,
-                              int64_t group_end, float* y) {
-  const int64_t words = a.N / 8;
-  const int64_t strips = (word_end - word_begin + kStripWords - 1) / kStripWords;
-  const int64_t width = strips * kStripChannels;  // running sums per row of x, packed order strip by strip
-  std::vector<float> dot(a.M * width), y_acc(a.M * width, 0.0f);
-
-  for (int64_t g = group_begin; g < group_end; ++g) {
-    std::fill(dot.begin(), dot.end(), 0.0f);
-    const int64_t k_end = (g + 1) * a.G;
-    for (int64_t k0 = g * a.G; k0 < k_end; k0 += kRows) {
-      const int64_t rows = std::min(kRows, k_end - k0);
-      const bool prefetch = k0 + kRows < a.K;  // the next chunk's rows exist
-      for (int64_t s = 0; s < strips; ++s) {
-        const int64_t w0 = word_begin + s * kStripWords, strip_words = std::min(kStripWords, word_end - w0);
-        const uint32_t* chunk = a.qweight + k0 * words + w0;
-        float* d = dot.data() + s * kStripChannels;
-        if (strip_words == kStripWords) chunk_all_rows<true>(a, chunk, rows, strip_words, a.x + k0, d, width, prefetch);
-        else chunk_all_rows<false>(a, chunk, rows, strip_words, a.x + k0, d, width, prefetch);
-      }
-    }
-    for (int64_t s = 0; s < strips; ++s) {
-      const int64_t w0 = word_begin + s * kStripWords, strip_words = std::min(kStripWords, word_end - w0);
-      fold_strip(a, g, w0, strip_words, dot.data() + s * kStripChannels, width, y_acc.data() + s * kStripChannels,
-                 width);
-    }
-  }
-  for (int64_t m = 0; m < a.M; ++m)
-    for (int64_t s = 0; s < strips; ++s) {
-      const int64_t w0 = word_begin + s * kStripWords, strip_words = std::min(kStripWords, word_end - w0);
-      for (int64_t p = 0; p < kStripChannels; ++p)
-        if (p % kStripWords < strip_words)
-          y[m * a.N + channel_of_packed_position(w0, p, kStripWords)] = y_acc[m * width + s * kStripChannels + p];
-    }
+void decode_avx2(const AwqGemmArgs& a, int64_t word_begin, int64_t word_end, int64_t group_begin, int64_t group_end,
+                 float* y) {
+  strips::decode(
+      a, word_begin, word_end, group_begin, group_end, y,
+      [&](const uint32_t* chunk, int64_t rows, int64_t strip_words, const float* x, float* dot, int64_t stride,
+          bool prefetch) {
+        if (strip_words == kStripWords) chunk_all_rows<true>(a, chunk, rows, strip_words, x, dot, stride, prefetch);
+        else chunk_all_rows<false>(a, chunk, rows, strip_words, x, dot, stride, prefetch);
+      },
+      [&](int64_t g, int64_t w0, int64_t strip_words, const float* dot, int64_t dot_stride, float* y_acc,
+          int64_t y_stride) { fold_strip(a, g, w0, strip_words, dot, dot_stride, y_acc, y_stride); });
 }
 
 }  // namespace cpu

@@ -24,8 +24,10 @@
 #include <cstring>
 
 #include "../check_text.h"
-#include "avx512_inl.h"
 #include "awq_gemm.h"
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "avx512_inl.h"  // x86-64 only (immintrin.h); an ARM64 build takes linear_rows_neon (awq_gemm_neon.cpp)
+#endif
 
 namespace minimoe {
 namespace cpu {
@@ -220,6 +222,7 @@ at::Tensor linear_stored_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
         const int64_t n0 = item * kRowsPerItem, n1 = std::min(N, n0 + kRowsPerItem);
         if (isa == Isa::kAvx512) rows_avx512(px, pw, fp16, round_bf16, M, K, N, n0, n1, py);
         else if (isa == Isa::kAvx2) rows_avx2(px, pw, fp16, round_bf16, M, K, N, n0, n1, py);
+        else if (isa == Isa::kNeon) linear_rows_neon(px, pw, fp16, round_bf16, M, K, N, n0, n1, py);  // ARM64
         else rows_scalar(px, pw, fp16, round_bf16, M, K, N, n0, n1, py);
       }
     });
