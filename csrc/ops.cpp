@@ -32,7 +32,7 @@ TORCH_LIBRARY(minimoe, m) {
   m.def("awq_gemm_many(Tensor[] x, Tensor[] qweight, Tensor[] qzeros, Tensor[] scales, int[] group_size) -> Tensor[]");
   // y[M, N] = x[M, K] @ weight.to(x.dtype)^T with weight [N, K] kept in its stored fp16/bf16 (CPU: the lm_head)
   m.def("linear_stored(Tensor x, Tensor weight) -> Tensor");
-  // The fused small ops of a CPU decode step (csrc/cpu/decode_ops.cpp; the spec is the PyTorch code in model.py):
+  // The fused small ops of a CPU decode step (csrc/cpu/rmsnorm_attention.cpp; the spec is the PyTorch code in model.py):
   // y = weight * x / rms(x) over the last dimension (RMSNorm, statistics in fp32)
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   // One new token per row: RoPE on q and k, k and v written into slot `slot` of the caches, then attention of

@@ -153,7 +153,7 @@ def has_fused_ops(device_type: str) -> bool:
     """True when `rms_norm` and `decode_attention` have a kernel on this device (the CPU extension).
 
     The model uses them there (decode_attention for single-token steps only); everywhere else its plain
-    PyTorch code runs, which is also their spec (tests/test_decode_ops.py)."""
+    PyTorch code runs, which is also their spec (tests/test_rmsnorm_attention.py)."""
     return _has_kernel("rms_norm", device_type) and _has_kernel("decode_attention", device_type)
 
 

@@ -154,7 +154,7 @@ def fuzz_rms_norm(shape, C, dx, dw, lx, eps, seed):
           lambda: rms_reference(x, w, eps))
 
 
-from tests.test_decode_ops import attention_case, attention_spec
+from tests.test_rmsnorm_attention import attention_case, attention_spec
 
 
 @settings(**common)

@@ -44,7 +44,7 @@ inline int64_t channel_of_packed_position(int64_t block_first_word, int64_t posi
 bool avx512_available();
 
 // The instruction-set tier the kernels pick on this CPU when MINIMOE_CPU_ISA does not force one:
-// "avx512", "avx2", "neon" or "scalar" (awq_gemm.cpp; also reported by build_info()).
+// "avx512", "avx2", "neon" or "scalar" (cpu_isa.cpp; also reported by build_info()).
 const char* default_isa_name();
 
 // True when the CPU has AVX2 + FMA + F16C (awq_gemm_avx2.cpp: the decode loop for CPUs without AVX-512).

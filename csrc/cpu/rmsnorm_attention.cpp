@@ -1,4 +1,5 @@
-// decode_ops.cpp - two small fused ops for the CPU: RMSNorm, and the attention of one new token.
+// rmsnorm_attention.cpp - two small fused ops for the CPU: RMSNorm (prefill and decode), and the attention of
+// one new token (decode).
 //
 // Why they exist. In a CPU decode step of the mid-size model (hidden 1024, 8 layers), the int4 products and the
 // lm_head are only part of the time: the rest of each layer is about 270 tiny torch calls (views, casts, a norm
@@ -6,7 +7,7 @@
 // 18-20 ms token. These ops do the same arithmetic in one call each. docs/kernels-cpu.md has the measurements.
 //
 // The plain PyTorch code in minimoe/model.py stays the spec and runs everywhere these do not (CUDA, no extension,
-// a prompt of several tokens, the static cache of a CUDA graph). tests/test_decode_ops.py checks them against it.
+// a prompt of several tokens, the static cache of a CUDA graph). tests/test_rmsnorm_attention.py checks them against it.
 //
 // Semantics, to the rounding (x's dtype "dt" is fp32, bf16 or fp16; r() rounds an fp32 value to dt):
 //   rms_norm:   y = r(w * r(x * rsqrt(mean(x^2) + eps)))        statistics in fp32, as RMSNorm.forward

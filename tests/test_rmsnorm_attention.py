@@ -1,4 +1,4 @@
-"""minimoe.ops.rms_norm and minimoe.ops.decode_attention (csrc/cpu/decode_ops.cpp) against their spec.
+"""minimoe.ops.rms_norm and minimoe.ops.decode_attention (csrc/cpu/rmsnorm_attention.cpp) against their spec.
 
 The spec is the model's plain PyTorch code: `RMSNorm.forward` and the lines of `Attention.forward` from RoPE to
 the weighted sum of values. References here are computed independently of the kernels: RoPE with the model's
