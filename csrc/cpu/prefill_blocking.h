@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 
 #include "awq_gemm.h"
 
@@ -55,6 +56,24 @@ void pack_x(const AwqGemmArgs& a, const RowTiles<TileRows>& tiles, int64_t t0, i
         for (int64_t r = 0; r < mr; ++r) dst[k * mr + r] = a.x[(start + r) * a.K + k];
     }
   });
+}
+
+// The outer loop of both kernels: rows of x in blocks of `tiles_per_row_block` tiles (so the packed copy of x
+// stays bounded for any M), each block packed once, then threads over the 128-channel column blocks, grain 1.
+// multiply(tiles, t0, t1, xp, first_block, last_block) is the ISA's own; it must be a plain function or a
+// lambda calling one (a lambda does not inherit the caller's target attribute).
+template <int TileRows, typename Multiply>
+void run_row_blocks(const AwqGemmArgs& a, int64_t tiles_per_row_block, Multiply&& multiply) {
+  const RowTiles<TileRows> tiles(a.M);
+  const int64_t row_block = tiles.start(std::min(tiles.count, tiles_per_row_block));
+  std::unique_ptr<float[]> xp_storage(new float[row_block * a.K + 16]);  // no zero-fill: pack_x writes all of it
+  float* xp = align64(xp_storage.get());
+  const int64_t blocks = (a.N / 8 + kBlockWords - 1) / kBlockWords;
+  for (int64_t t0 = 0; t0 < tiles.count; t0 += tiles_per_row_block) {
+    const int64_t t1 = std::min(tiles.count, t0 + tiles_per_row_block);
+    pack_x(a, tiles, t0, t1, xp);
+    at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) { multiply(tiles, t0, t1, xp, first, last); });
+  }
 }
 
 }  // namespace prefill

@@ -205,20 +205,11 @@ MINIMOE_AVX512 void multiply_blocks(const AwqGemmArgs& a, const RowTiles& tiles,
 }  // namespace
 
 bool prefill_fp32_avx512(const AwqGemmArgs& a, float* y) {
-  const RowTiles tiles(a.M);
-  const int64_t row_block = tiles.start(std::min(tiles.count, kTilesPerRowBlock));
-  std::unique_ptr<float[]> xp_storage(new float[row_block * a.K + 16]);  // no zero-fill: pack_x writes all of it
-  float* xp = align64(xp_storage.get());
-  const int64_t blocks = (a.N / 8 + kBlockWords - 1) / kBlockWords;
-  for (int64_t t0 = 0; t0 < tiles.count; t0 += kTilesPerRowBlock) {
-    const int64_t t1 = std::min(tiles.count, t0 + kTilesPerRowBlock);
-    prefill::pack_x(a, tiles, t0, t1, xp);
-    // Threads split the column blocks only (grain 1 block); each calls a plain function, since a lambda does not
-    // inherit MINIMOE_AVX512.
-    at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-      multiply_blocks(a, tiles, t0, t1, xp, first, last, y);
-    });
-  }
+  prefill::run_row_blocks<kTileRows>(a, kTilesPerRowBlock,
+                                     [&](const RowTiles& tiles, int64_t t0, int64_t t1, const float* xp,
+                                         int64_t first, int64_t last) {
+                                       multiply_blocks(a, tiles, t0, t1, xp, first, last, y);
+                                     });
   return true;
 }
 
