@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -187,6 +188,42 @@ def test_every_experiment_variant_compiles():
         results = list(pool.map(lambda v: compile_one(v, out_dir), variants))
     failures = [f"{name}:\n{err}" for name, rc, err in results if rc != 0]
     assert not failures, "\n".join(failures)
+
+
+def local_includes(path: str) -> list[str]:
+    """The quoted #include targets of a file, as written."""
+    with open(path) as f:
+        return re.findall(r'^\s*#\s*include\s+"([^"]+)"', f.read(), flags=re.M)
+
+
+def test_frozen_stages_include_no_production_code():
+    # A stage (or the baseline, or a configuration of a stage) is a frozen experiment: nothing it includes,
+    # directly or through the lab's own headers, may live outside csrc/dev/ (csrc/cuda/, csrc/dequant.h), or
+    # an edit to a production kernel would silently change a numbered result. Production configurations are
+    # the opposite: they must call the shipped kernel. Runs everywhere (no nvcc needed).
+    dev = os.path.join(ROOT, "csrc", "dev")
+    with open(os.path.join(dev, "registry.json")) as f:
+        variants = json.load(f)["variants"]
+    ids = {v["id"] for v in variants}
+    for v in variants:
+        assert v.get("role") in ("stage", "baseline", "production", "configuration"), v
+        if v["role"] == "configuration":
+            assert v.get("of") in ids, f"{v['file']}: a configuration names the stage it configures ('of')"
+        seen, todo, outside = set(), [v["file"]], []
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for inc in local_includes(os.path.join(dev, name)):
+                if os.path.dirname(os.path.normpath(inc)):  # ../cuda/..., ../dequant.h: outside the lab
+                    outside.append(f"{name} includes {inc}")
+                else:
+                    todo.append(inc)
+        if v["role"] == "production":
+            assert any("../cuda/" in o for o in outside), f"{v['file']}: a production configuration calls csrc/cuda/"
+        else:
+            assert not outside, f"{v['file']} ({v['role']}) reaches production code: {outside}"
 
 
 def test_the_shared_check_passes_the_reference_and_catches_errors():

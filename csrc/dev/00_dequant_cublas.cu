@@ -9,7 +9,7 @@
 // bytes of a fused GEMV. Needs libcublas at link time (the harness passes it).
 #include <cublas_v2.h>
 
-#include "../cuda/awq_device.cuh"
+#include "lab.cuh"
 #include "variant.h"
 
 namespace {
@@ -18,18 +18,18 @@ namespace {
 template <typename T>
 __global__ void dequant_to_dense(const uint32_t* __restrict__ qweight, const uint32_t* __restrict__ qzeros,
                                  const T* __restrict__ scales, T* __restrict__ w, int K, int N, int G) {
-  using T2 = typename minimoe::Pair<T>::type;
+  using T2 = typename lab::Pair<T>::type;
   const int W = N / 8;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= static_cast<int64_t>(K) * W) return;
   const int k = static_cast<int>(i / W), c = static_cast<int>(i % W), g = k / G;
   T2 zm[4], sc[4], out[4];
-  minimoe::zero_magic_pairs<T>(qzeros[static_cast<size_t>(g) * W + c], zm);
-  minimoe::load_scale_pairs<T, T>(scales + static_cast<size_t>(g) * N + 8 * c, sc);
-  minimoe::dequant_word<T>(qweight[i], zm, sc, out);
+  lab::zero_magic_pairs<T>(qzeros[static_cast<size_t>(g) * W + c], zm);
+  lab::load_scale_pairs<T>(scales + static_cast<size_t>(g) * N + 8 * c, sc);
+  lab::dequant_word<T>(qweight[i], zm, sc, out);
   uint4 packed;
-  packed.x = minimoe::as_bits(out[0]), packed.y = minimoe::as_bits(out[1]);
-  packed.z = minimoe::as_bits(out[2]), packed.w = minimoe::as_bits(out[3]);
+  packed.x = lab::as_bits(out[0]), packed.y = lab::as_bits(out[1]);
+  packed.z = lab::as_bits(out[2]), packed.w = lab::as_bits(out[3]);
   reinterpret_cast<uint4*>(w)[i] = packed;
 }
 

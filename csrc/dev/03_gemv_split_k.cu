@@ -1,4 +1,5 @@
-// 03_gemv_split_k: 02 plus a split over K - the decode kernel the op runs for M <= 8.
+// 03_gemv_split_k: 02 plus a split over K - the decode kernel the op runs for M <= 8. A PRODUCTION
+// configuration (registry.json): it calls csrc/cuda/awq_gemv.cuh, so it follows that file; 02 is frozen.
 //
 // What changed from 02: grid.y cuts K into ranges of whole groups, sized so every SM gets about
 // kGemvBlocksPerSm blocks (csrc/cuda/awq_plan.h). Each block writes fp32 partial sums [splits, M, N]; a second

@@ -1,4 +1,5 @@
-// 04_mma_gemm: tensor cores - the prefill kernel the op runs for M > 8 (csrc/cuda/awq_mma_gemm.cuh).
+// 04_mma_gemm: tensor cores - the prefill kernel the op runs for M > 8 (csrc/cuda/awq_mma_gemm.cuh). A PRODUCTION
+// configuration (registry.json): it calls that header, so it follows it.
 //
 // What changed from 03: for large M the weights are reused M times and arithmetic dominates, so the
 // question becomes how to feed tensor cores. A block owns a 128 x 128 tile of y; per 32-wide K step it

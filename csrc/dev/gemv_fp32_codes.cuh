@@ -1,5 +1,6 @@
-// gemv_fp32_codes.cuh - the decode GEMV of 03 (csrc/cuda/awq_gemv.cuh), M = 1, with the arithmetic per weight
-// cut down: the experiments 05 and 06 instantiate it (4 and 8 rows of loads in flight).
+// gemv_fp32_codes.cuh - stage 05 (frozen): the decode GEMV of 03 (csrc/cuda/awq_gemv.cuh), M = 1, with the
+// arithmetic per weight cut down. 05 instantiates it with 4 rows of loads in flight; 06 is a configuration of
+// it (8 rows), listed as such in registry.json. Self-contained: only lab.cuh (frozen helpers) and variant.h.
 //
 // What changed from 03, and why. 03 turns each nibble into a 16-bit float with the magic-number trick, subtracts
 // the zero point and multiplies by the scale in 16-bit pairs, then converts every dequantized weight to fp32 for
@@ -23,9 +24,8 @@
 // partials and a deterministic reduction kernel, the warps' sums added in shared memory in a fixed order.
 #pragma once
 
-#include "../cuda/awq_device.cuh"
-#include "../cuda/awq_gemv.cuh"
-#include "../cuda/awq_plan.h"
+#include "lab.cuh"
+#include "variant.h"
 
 namespace minimoe {
 namespace dev {
@@ -34,19 +34,19 @@ constexpr int kWords = 4;            // packed words per thread per row: one 16-
 constexpr int kChannels = 8 * kWords;
 
 __device__ __forceinline__ float code_as_float(uint32_t word, int channel) {
-  const uint32_t bits = ((word >> (4 * awq_nibble_of_channel(channel))) & 0xFu) | 0x4B000000u;  // 2^23 + q
+  const uint32_t bits = lab::code(word, channel) | 0x4B000000u;  // 2^23 + q
   return __uint_as_float(bits) - 8388608.0f;                                                    // q, exact
 }
 
 template <typename T, int UNROLL>
-__global__ void __launch_bounds__(kGemvThreads, 2)
+__global__ void __launch_bounds__(lab::kThreads, 2)
     gemv_fp32_codes_kernel(const T* __restrict__ x, const uint32_t* __restrict__ qweight,
                            const uint32_t* __restrict__ qzeros, const T* __restrict__ scales, T* __restrict__ y,
                            float* __restrict__ partial, int K, int N, int G, int groups_per_split) {
   const int W = N / 8;
-  const int lane = threadIdx.x % kGemvLanes;
-  const int warp = threadIdx.x / kGemvLanes;
-  const int word0 = (blockIdx.x * kGemvLanes + lane) * kWords;
+  const int lane = threadIdx.x % lab::kLanes;
+  const int warp = threadIdx.x / lab::kLanes;
+  const int word0 = (blockIdx.x * lab::kLanes + lane) * kWords;
   const bool active = word0 < W;
   const int groups = K / G;
   const int g_begin = blockIdx.y * groups_per_split;
@@ -73,33 +73,33 @@ __global__ void __launch_bounds__(kGemvThreads, 2)
 
       const int k_end = (g + 1) * G;
       int k = g * G + warp;
-      for (; k + (UNROLL - 1) * kGemvWarps < k_end; k += UNROLL * kGemvWarps) {
+      for (; k + (UNROLL - 1) * lab::kWarps < k_end; k += UNROLL * lab::kWarps) {
         uint32_t q[UNROLL][kWords];
         float xv[UNROLL];
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) {
-          load_words<kWords>(qweight + static_cast<size_t>(k + u * kGemvWarps) * W + word0, q[u]);
-          xv[u] = to_float(x[k + u * kGemvWarps]);
+          lab::load_words<kWords>(qweight + static_cast<size_t>(k + u * lab::kWarps) * W + word0, q[u]);
+          xv[u] = lab::to_float(x[k + u * lab::kWarps]);
         }
 #pragma unroll
         for (int u = 0; u < UNROLL; ++u) consume(q[u], xv[u]);
       }
-      for (; k < k_end; k += kGemvWarps) {
+      for (; k < k_end; k += lab::kWarps) {
         uint32_t q[kWords];
-        load_words<kWords>(qweight + static_cast<size_t>(k) * W + word0, q);
-        consume(q, to_float(x[k]));
+        lab::load_words<kWords>(qweight + static_cast<size_t>(k) * W + word0, q);
+        consume(q, lab::to_float(x[k]));
       }
 
       // Once per group: acc += s * (sum q x - z * sum x).
       uint32_t zwords[kWords];
-      load_words<kWords>(qzeros + static_cast<size_t>(g) * W + word0, zwords);
+      lab::load_words<kWords>(qzeros + static_cast<size_t>(g) * W + word0, zwords);
 #pragma unroll
       for (int w = 0; w < kWords; ++w) {
         const uint4 raw = *reinterpret_cast<const uint4*>(scales + static_cast<size_t>(g) * N + 8 * (word0 + w));
         const uint32_t pairs[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-          const float2 s = pair_to_float2(bits_as<typename Pair<T>::type>(pairs[p]));
+          const float2 s = lab::pair_to_float2(lab::bits_as<typename lab::Pair<T>::type>(pairs[p]));
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int j = 2 * p + h;
@@ -112,25 +112,25 @@ __global__ void __launch_bounds__(kGemvThreads, 2)
   }
 
   // The warps' sums, added in shared memory in a fixed order (as 03).
-  __shared__ float red[kChannels * kGemvLanes];
-  for (int w = 0; w < kGemvWarps; ++w) {
+  __shared__ float red[kChannels * lab::kLanes];
+  for (int w = 0; w < lab::kWarps; ++w) {
     if (warp == w) {
 #pragma unroll
       for (int c = 0; c < kChannels; ++c) {
-        float& slot = red[c * kGemvLanes + lane];
+        float& slot = red[c * lab::kLanes + lane];
         slot = (w == 0 ? 0.0f : slot) + acc[c];
       }
     }
     __syncthreads();
   }
-  const int block_channels = kGemvLanes * kChannels;
+  const int block_channels = lab::kLanes * kChannels;
   const int n_base = blockIdx.x * block_channels;
-  for (int local = threadIdx.x; local < block_channels; local += kGemvThreads) {
+  for (int local = threadIdx.x; local < block_channels; local += lab::kThreads) {
     const int n = n_base + local;
     if (n >= N) continue;
-    const float v = red[(local % kChannels) * kGemvLanes + local / kChannels];
+    const float v = red[(local % kChannels) * lab::kLanes + local / kChannels];
     if (gridDim.y == 1) {
-      y[n] = from_float<T>(v);
+      y[n] = lab::from_float<T>(v);
     } else {
       partial[static_cast<size_t>(blockIdx.y) * N + n] = v;
     }
@@ -144,13 +144,14 @@ inline bool gemv_fp32_codes_shape_ok(int M, int K, int N, int G) {
   return M == 1 && N > 0 && N % (8 * kWords) == 0 && G > 0 && K > 0 && K % G == 0;
 }
 
-// Same split as 03 (awq_plan.h), for M = 1 and 4 words per thread.
+// Blocks along N: 32 threads x 4 words each. K is split as 03 splits it (frozen copy in lab.cuh).
+inline int gemv_fp32_codes_blocks_n(int N) { return lab::ceil_div(N / 8 / kWords, lab::kLanes); }
 inline int gemv_fp32_codes_gps(int K, int N, int G, int sms) {
-  return awq_gemv_groups_per_split(awq_gemv_blocks_n(N / 8, kWords), K / G, sms);
+  return lab::groups_per_split(gemv_fp32_codes_blocks_n(N), K / G, sms);
 }
 
 inline size_t gemv_fp32_codes_workspace_bytes(int K, int N, int G, int sms) {
-  const int splits = awq_gemv_splits(K / G, gemv_fp32_codes_gps(K, N, G, sms));
+  const int splits = lab::ceil_div(K / G, gemv_fp32_codes_gps(K, N, G, sms));
   return splits > 1 ? sizeof(float) * static_cast<size_t>(splits) * N : 0;
 }
 
@@ -161,12 +162,12 @@ int gemv_fp32_codes_run(const T* x, const uint32_t* qweight, const uint32_t* qze
   if (!gemv_fp32_codes_shape_ok(M, K, N, G)) return -1;
   if (gemv_fp32_codes_workspace_bytes(K, N, G, sms) > workspace_bytes) return -1;
   const int gps = gemv_fp32_codes_gps(K, N, G, sms);
-  const int splits = awq_gemv_splits(K / G, gps);
-  const dim3 grid(awq_gemv_blocks_n(N / 8, kWords), splits);
-  gemv_fp32_codes_kernel<T, UNROLL><<<grid, kGemvThreads, 0, stream>>>(x, qweight, qzeros, scales, y, workspace, K,
+  const int splits = lab::ceil_div(K / G, gps);
+  const dim3 grid(gemv_fp32_codes_blocks_n(N), splits);
+  gemv_fp32_codes_kernel<T, UNROLL><<<grid, lab::kThreads, 0, stream>>>(x, qweight, qzeros, scales, y, workspace, K,
                                                                        N, G, gps);
   if (splits > 1) {
-    awq_splitk_reduce_kernel<T><<<(N + 255) / 256, 256, 0, stream>>>(workspace, y, splits, N);
+    lab::splitk_reduce<T><<<(N + 255) / 256, 256, 0, stream>>>(workspace, y, splits, N);
   }
   return static_cast<int>(cudaGetLastError());
 }
