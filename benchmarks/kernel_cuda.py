@@ -332,7 +332,8 @@ def main() -> None:
     print(f"checks: {sum(v == 'ok' for v in checks.values())} ok, {len(failed)} kernels failing {failed}")
 
     result = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
-                  python=platform.python_version(), dtype=args.dtype, checks=checks, build_errors=build_errors)
+                  python=platform.python_version(), dtype=args.dtype, checks=checks, build_errors=build_errors,
+                  date=time.strftime("%Y-%m-%d"))
     rows = []
     if not args.check_only:
         copy_gbs = copy_bandwidth("cuda", gigabytes=2**30 / 1e9) / 1e9  # read + write, 1 GiB buffers

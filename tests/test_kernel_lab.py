@@ -80,3 +80,16 @@ def test_the_docs_table_is_the_committed_results():
     table = text.split(lab.BEGIN, 1)[1].split(lab.END, 1)[0].strip()
     assert table == lab.render_table(results).strip(), "run python -m minimoe.bench.kernels --update-docs"
     assert [row["id"] for row in results["variants"]] == [e["id"] for e in ENTRIES]
+
+
+def test_the_cuda_docs_table_is_the_last_gpu_runs_results():
+    # The CUDA ladder is timed only on a GPU; its table in the docs is rendered from the committed JSON of the last
+    # run, so it can be checked (and regenerated) anywhere.
+    with open(lab.CUDA_RESULTS, encoding="utf-8") as f:
+        results = json.load(f)
+    with open(lab.CUDA_DOCS, encoding="utf-8") as f:
+        text = f.read()
+    table = text.split(lab.CUDA_BEGIN, 1)[1].split(lab.CUDA_END, 1)[0].strip()
+    assert table == lab.render_cuda_table(results).strip(), "run python -m minimoe.bench.kernels --device cuda --update-docs"
+    assert len(results["rows"]) > 0 and table.count("\n| ") == len(results["rows"]) + 1
+

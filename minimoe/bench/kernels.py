@@ -5,6 +5,7 @@
     python -m minimoe.bench.kernels --device cpu --check-only      # correctness only (what CI runs)
     python -m minimoe.bench.kernels --device cpu --update-docs --plot docs/figures/kernel_lab_cpu_roofline.png
     python -m minimoe.bench.kernels --device cuda ...              # benchmarks/kernel_cuda.py, the CUDA ladder
+    python -m minimoe.bench.kernels --device cuda --update-docs    # its last JSON -> docs/kernels-cuda.md table
 
 CPU: csrc/dev/cpu/registry.json lists the variants. Each stage is one self-contained C++ file exporting
 `minimoe_int4_gemm` (C ABI, no torch headers): built with the system compiler and the flags in the registry
@@ -44,6 +45,10 @@ BUILD = os.path.join(ROOT, "build", "dev-cpu")
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "kernel_lab_cpu.json")
 DOCS = os.path.join(ROOT, "docs", "kernels-cpu.md")
 BEGIN, END = "<!-- kernel-lab:cpu:begin -->", "<!-- kernel-lab:cpu:end -->"
+# The CUDA ladder's last GPU run (benchmarks/kernel_cuda.py writes it; --update-docs renders it, any machine).
+CUDA_RESULTS = os.path.join(ROOT, "benchmarks", "results", "gpu", "kernel_cuda.json")
+CUDA_DOCS = os.path.join(ROOT, "docs", "kernels-cuda.md")
+CUDA_BEGIN, CUDA_END = "<!-- kernel-lab:cuda:begin -->", "<!-- kernel-lab:cuda:end -->"
 
 # (M, K, N, G): awkward on purpose. N = 72 and 136 leave words over after blocks of 8; M = 3 and 5 leave rows
 # over after tiles of 4; K = G is a single group.
@@ -236,15 +241,39 @@ def render_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def update_docs(results: dict, path: str = DOCS) -> None:
+def render_cuda_table(results: dict) -> str:
+    """The markdown table of benchmarks/kernel_cuda.py's JSON (what --update-docs writes into docs/kernels-cuda.md)."""
+    when = results.get("date", "date not recorded in the JSON")
+    lines = [f"Last GPU run ({when}): {results['gpu']}, torch {results['torch']}, CUDA {results['cuda']}, "
+             f"{results['dtype']}; device copy bandwidth {results['copy_GBps']:.0f} GB/s measured in the same run. "
+             f"Checks: {sum(v == 'ok' for v in results['checks'].values())} ok, "
+             f"{sum(v not in ('ok', 'n/a') for v in results['checks'].values())} failing "
+             "(n/a: a shape the variant refuses).", "",
+             "| variant | M | K | N | us | GB/s | TFLOP/s | % of copy bandwidth | % of cuBLAS fp16 (dense) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results.get("rows", []):
+        lines.append(f"| {r['variant']} | {r['M']} | {r['K']} | {r['N']} | {1e3 * r['ms']:.1f} | {r['GB/s']:.0f} | "
+                     f"{r['TFLOP/s']:.2f} | {r['% copy BW']:.1f}% | {r['% cuBLAS']:.0f}% |")
+    return "\n".join(lines)
+
+
+def update_docs(results: dict, path: str = DOCS, begin: str = BEGIN, end: str = END, render=render_table) -> None:
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{path}: no {BEGIN} ... {END} markers to write the table between")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    if begin not in text or end not in text:
+        raise ValueError(f"{path}: no {begin} ... {end} markers to write the table between")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(head + BEGIN + "\n" + render_table(results) + "\n" + END + tail)
+        f.write(head + begin + "\n" + render(results) + "\n" + end + tail)
+
+
+def update_cuda_docs() -> None:
+    """Render the committed CUDA results (the last GPU run) into docs/kernels-cuda.md: no GPU needed."""
+    with open(CUDA_RESULTS, encoding="utf-8") as f:
+        results = json.load(f)
+    update_docs(results, CUDA_DOCS, CUDA_BEGIN, CUDA_END, render_cuda_table)
+    print(f"wrote the CUDA table of {CUDA_RESULTS} into {CUDA_DOCS}")
 
 
 def plot_roofline(results: dict, path: str) -> None:
@@ -353,6 +382,9 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", help="also draw the roofline to this PNG (needs matplotlib)")
     parser.add_argument("--cpu-name", help="how to name this CPU in the table (default: platform.processor())")
     args, rest = parser.parse_known_args(argv)
+    if args.device == "cuda" and args.update_docs and not args.variant and not args.check_only and not rest:
+        update_cuda_docs()  # the table of the last GPU run; a run on a GPU writes its JSON first, then this
+        return 0
     if args.device == "cuda":
         script = os.path.join(ROOT, "benchmarks", "kernel_cuda.py")
         if not os.path.exists(script):
