@@ -11,7 +11,7 @@
 //   shifted down instead (`word >> 28` is q). No bias trick, no cancellation: each sum is the plain fp32 sum of
 //   x * q in k order.
 //
-// Loop order (measured on a Zen 4 core, AVX2 forced, M = 1, 4096 x 14336: 2.4-2.8x the previous loop):
+// Loop order (docs/kernels-cpu.md, "The AVX2 tier", has what it measured against the previous loop):
 //   * a strip is 16 packed words = 128 channels = one 64-byte cache line of a qweight row; its running sums
 //     for one group live in `dot` (L1/L2), in packed order (awq_gemm.h), position i * 16 + l for nibble i of
 //     word l;

@@ -25,11 +25,8 @@
 //   output    c is in packed order (position i * 16 + l = channel 8 (w0 + l) + ORDER[i]); each row of a block is
 //             put back in channel order once at the end by an 8 x 16 register transpose (unpermute_block).
 //
-// Measured (single thread, interleaved with torch.matmul on the same machine): the micro-kernel shapes 14 x 32,
-// 12 x 32, 6 x 64 and 7 x 64 and chunks of 128, 256 and 512 rows were all within noise of each other, at
-// 0.90-0.96x of MKL. What did matter: a software prefetch of the panel 16 rows ahead (~+10%): a strip is 128 B
-// of every 512-byte panel row, a stride the L1 prefetchers follow poorly; and splitting M into tiles of equal
-// size (256 = 9 x 14 + 10 x 13 rather than 18 x 14 + 4) so that no slow short tile is left over.
+// What was measured to choose this (other tile shapes and chunk sizes, the panel prefetch, equal-height tiles):
+// docs/kernels-cpu.md, "Prefill".
 #include "awq_gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
