@@ -308,7 +308,8 @@ def main() -> None:
     with open(os.path.join(DEV, "registry.json")) as f:
         registry = json.load(f)["variants"]
     kernels, build_errors = [], {}
-    wanted = [e for e in registry if args.variant is None or e["id"] in args.variant]
+    every = args.variant is None or args.variant == ["all"]  # --variant all, as for the CPU ladder
+    wanted = [e for e in registry if every or e["id"] in args.variant]
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # nvcc runs in parallel, one per variant
         built = list(pool.map(lambda e: _try(build_variant, e, arch), wanted))
