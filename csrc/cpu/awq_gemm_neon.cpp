@@ -12,8 +12,10 @@
 //   UNSIGNED (vcvtq_f32_u32), so even nibble 7 (up to 15 * 2^28) needs no shift; the fold multiplies by 16^-i
 //   (a power of two: no rounding changes). Strips of 16 words (one 64-byte line of a qweight row, 4 registers),
 //   16-row chunks sweeping every strip, running sums in packed order (awq_gemm.h, 16 words per block). Every sum
-//   is the plain fp32 fused sum of x * q in k order, then s * (D - z X): the same operations, in the same order,
-//   as the AVX2 loop, so the two give the same bits.
+//   is the plain fp32 fused sum of x * q in k order (scaled by a power of two), then s * (D - z X): the same
+//   operations, in the same order, as the AVX2 loop, so the two give the same bits, barring overflow or
+//   subnormal products (AVX2 takes nibble 7 unscaled, here it is scaled by 2^28: for |x| above ~1e26 or products
+//   below 2^-126 the two can differ; real activations are many orders of magnitude inside both).
 //
 // prefill_neon (large M): exact fp32 weights (q - z) * s dequantized per block of 128 channels and chunk of rows
 //   into a strip-major panel, then a 4-row x 16-column micro-kernel: 16 accumulators, 4 panel registers, x of the

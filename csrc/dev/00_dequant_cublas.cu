@@ -46,7 +46,7 @@ extern "C" size_t minimoe_variant_workspace_bytes(int, int K, int N, int) { retu
 extern "C" int minimoe_variant_run(int dtype, const void* x, const int32_t* qweight, const int32_t* qzeros,
                                    const void* scales, void* y, int M, int K, int N, int G, void* workspace,
                                    size_t workspace_bytes, cudaStream_t stream) {
-  if (workspace_bytes < static_cast<size_t>(K) * N * 2 || N % 8 != 0) return -1;
+  if (workspace_bytes < static_cast<size_t>(K) * N * 2 || N % 8 != 0 || G <= 0 || K % G != 0) return -1;
   const int64_t words = static_cast<int64_t>(K) * (N / 8);
   const int threads = 256;
   const unsigned blocks = static_cast<unsigned>((words + threads - 1) / threads);
@@ -58,7 +58,8 @@ extern "C" int minimoe_variant_run(int dtype, const void* x, const int32_t* qwei
                                                          K, N, G);
     type = dtype == 0 ? CUDA_R_16F : CUDA_R_16BF;
   });
-  if (cudaGetLastError() != cudaSuccess) return static_cast<int>(cudaGetLastError());
+  // cudaGetLastError clears the error it returns: read it once (calling it twice returned success).
+  if (const cudaError_t launch = cudaGetLastError(); launch != cudaSuccess) return static_cast<int>(launch);
   // Row-major y[M, N] = x[M, K] @ W^T[K, N] is, read column-major, y^T[N, M] = (W^T)^T... i.e. cuBLAS computes
   // C (N x M, ld N) = A (N x K, ld N: the row-major W^T) * B (K x M, ld K: the row-major x), no transposes.
   const float alpha = 1.0f, beta = 0.0f;

@@ -109,14 +109,18 @@ void launch(const T* x, const uint32_t* qweight, const uint32_t* qzeros, const T
   gemv_kernel<T, M_TILE, WORDS><<<blocks, lab::kThreads, 0, stream>>>(x, qweight, qzeros, scales, y, rows, K, N, G);
 }
 
-// Accumulators per thread are M_TILE x 8 x WORDS: the load narrows as the rows grow (at most 64 registers).
+// Accumulators per thread are M_TILE x 8 x WORDS: the load narrows as the rows grow (at most 64 registers). The
+// tile is chosen from the rows alone; a load width that does not divide W falls back to 8 rows x 1 word.
 template <typename T>
 void launch_rows(const T* x, const uint32_t* qweight, const uint32_t* qzeros, const T* scales, T* y, int rows, int K,
                  int N, int G, cudaStream_t stream) {
   const int W = N / 8;
-  if (rows <= 1 && W % 4 == 0) launch<T, 1, 4>(x, qweight, qzeros, scales, y, rows, K, N, G, stream);
-  else if (rows <= 2 && W % 4 == 0) launch<T, 2, 4>(x, qweight, qzeros, scales, y, rows, K, N, G, stream);
-  else if (rows <= 4 && W % 2 == 0) launch<T, 4, 2>(x, qweight, qzeros, scales, y, rows, K, N, G, stream);
+  const int m_tile = rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8;
+  const int words = m_tile == 1 || m_tile == 2 ? 4 : m_tile == 4 ? 2 : 1;
+  if (W % words != 0) launch<T, 8, 1>(x, qweight, qzeros, scales, y, rows, K, N, G, stream);
+  else if (m_tile == 1) launch<T, 1, 4>(x, qweight, qzeros, scales, y, rows, K, N, G, stream);
+  else if (m_tile == 2) launch<T, 2, 4>(x, qweight, qzeros, scales, y, rows, K, N, G, stream);
+  else if (m_tile == 4) launch<T, 4, 2>(x, qweight, qzeros, scales, y, rows, K, N, G, stream);
   else launch<T, 8, 1>(x, qweight, qzeros, scales, y, rows, K, N, G, stream);
 }
 
