@@ -72,12 +72,17 @@ def test_the_triton_variant_matches_the_spec_in_the_interpreter():
     assert "triton: correct" in done.stdout, done.stdout
 
 
-def test_the_docs_table_is_the_committed_results():
-    with open(lab.RESULTS, encoding="utf-8") as f:
+def committed_and_documented(results_path: str, docs_path: str, begin: str, end: str) -> tuple[dict, str]:
+    """(the committed results JSON, the table its docs page holds between the markers)."""
+    with open(results_path, encoding="utf-8") as f:
         results = json.load(f)
-    with open(lab.DOCS, encoding="utf-8") as f:
+    with open(docs_path, encoding="utf-8") as f:
         text = f.read()
-    table = text.split(lab.BEGIN, 1)[1].split(lab.END, 1)[0].strip()
+    return results, text.split(begin, 1)[1].split(end, 1)[0].strip()
+
+
+def test_the_docs_table_is_the_committed_results():
+    results, table = committed_and_documented(lab.RESULTS, lab.DOCS, lab.BEGIN, lab.END)
     assert table == lab.render_table(results).strip(), "run python -m minimoe.bench.kernels --update-docs"
     assert [row["id"] for row in results["variants"]] == [e["id"] for e in ENTRIES]
 
@@ -85,11 +90,6 @@ def test_the_docs_table_is_the_committed_results():
 def test_the_cuda_docs_table_is_the_last_gpu_runs_results():
     # The CUDA ladder is timed only on a GPU; its table in the docs is rendered from the committed JSON of the last
     # run, so it can be checked (and regenerated) anywhere.
-    with open(lab.CUDA_RESULTS, encoding="utf-8") as f:
-        results = json.load(f)
-    with open(lab.CUDA_DOCS, encoding="utf-8") as f:
-        text = f.read()
-    table = text.split(lab.CUDA_BEGIN, 1)[1].split(lab.CUDA_END, 1)[0].strip()
+    results, table = committed_and_documented(lab.CUDA_RESULTS, lab.CUDA_DOCS, lab.CUDA_BEGIN, lab.CUDA_END)
     assert table == lab.render_cuda_table(results).strip(), "run python -m minimoe.bench.kernels --device cuda --update-docs"
     assert len(results["rows"]) > 0 and table.count("\n| ") == len(results["rows"]) + 1
-

@@ -20,7 +20,6 @@ about it.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minimoe import ops
+from minimoe.bench import kernels as lab
 from tests.test_kernels import assert_matches_reference, examples, has_isa_kernels, random_awq, random_x
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,18 +56,20 @@ def harness(tmp_path_factory):
     return str(out)
 
 
-def run(harness, tmp_path, header: list[int], arrays: list[np.ndarray], outputs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Write one case, run the harness under qemu, return (y in one piece, y in two pieces) as fp32 arrays."""
+def run(harness, tmp_path, header: list[int], arrays: list[np.ndarray], outputs: int,
+        pieces: int = 2) -> tuple[np.ndarray, ...]:
+    """Write one case, run a program under qemu, return its `pieces` outputs of `outputs` floats each (the NEON
+    harness: y in one piece, y in two pieces; a lab stage: y)."""
     case, out = tmp_path / "case.bin", tmp_path / "out.bin"
     with open(case, "wb") as f:
         f.write(np.asarray(header, dtype="<i8").tobytes())
         for a in arrays:
             f.write(np.ascontiguousarray(a).tobytes())
     result = subprocess.run([QEMU, harness, str(case), str(out)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"neon_harness exited {result.returncode}: {result.stderr}"
+    assert result.returncode == 0, f"{os.path.basename(harness)} exited {result.returncode}: {result.stderr}"
     y = np.fromfile(out, dtype="<f4")
-    assert y.size == 2 * outputs, f"harness wrote {y.size} floats, expected {2 * outputs}"
-    return y[:outputs], y[outputs:]
+    assert y.size == pieces * outputs, f"{os.path.basename(harness)} wrote {y.size} floats, expected {pieces * outputs}"
+    return tuple(y[i * outputs:(i + 1) * outputs] for i in range(pieces))
 
 
 def awq_case(harness, tmp_path, op, x, qweight, qzeros, scales, G, split):
@@ -157,8 +159,7 @@ def test_neon_linear_stored_matches_linear(harness, tmp_path_factory, M, K, N, w
     assert_same_bits(y, y2, f"split at row {split}")
 
 
-NEON_STAGES = [e for e in json.load(open(os.path.join(ROOT, "csrc", "dev", "cpu", "registry.json")))["variants"]
-               if e.get("isa") == "neon"]
+NEON_STAGES = [e for e in lab.load_registry() if e.get("isa") == "neon"]
 
 
 @pytest.fixture(scope="module")
@@ -186,15 +187,10 @@ def test_neon_lab_stage_matches_spec(lab_stages, tmp_path_factory, stage, M, wor
     K = G * groups
     qweight, qzeros, scales, spread = random_awq(K, 8 * words, G, seed, "cpu")
     x = random_x((M, K), torch.float32, seed, "cpu", spread)
-    case, out = tmp_path_factory.mktemp("case") / "case.bin", None
-    with open(case, "wb") as f:
-        f.write(np.asarray([M, K, 8 * words, G, threads], dtype="<i8").tobytes())
-        for a in (x.numpy(), qweight.numpy(), qzeros.numpy(), scales.view(torch.int16).numpy()):
-            f.write(np.ascontiguousarray(a).tobytes())
-    out = case.with_suffix(".out")
-    result = subprocess.run([QEMU, lab_stages[stage], str(case), str(out)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"stage {stage} exited {result.returncode}: {result.stderr}"
-    y = torch.from_numpy(np.fromfile(out, dtype="<f4").reshape(M, 8 * words).copy())
+    arrays = [x.numpy(), qweight.numpy(), qzeros.numpy(), scales.view(torch.int16).numpy()]
+    (y,) = run(lab_stages[stage], tmp_path_factory.mktemp("case"), [M, K, 8 * words, G, threads], arrays,
+               M * 8 * words, pieces=1)
+    y = torch.from_numpy(y.reshape(M, 8 * words).copy())
     assert_matches_reference(y, x, qweight, qzeros, scales, G)
 
 

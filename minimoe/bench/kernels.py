@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import hashlib
 import itertools
 import json
@@ -199,21 +200,29 @@ def machine_ceilings(threads: int) -> dict:
 COLD_BYTES = 256 * 1024 * 1024
 
 
+@functools.lru_cache(maxsize=None)
+def timing_case(shape: tuple, copies: int) -> tuple:
+    """x and `copies` copies of one shape's packed weights, made once per run and shared by every variant."""
+    M, K, N, G = shape
+    x, qweight, qzeros, scales = case(M, K, N, G)
+    return x, [(qweight, qzeros, scales)] + [(qweight.clone(), qzeros.clone(), scales.clone()) for _ in range(copies - 1)]
+
+
 def time_variant(run, shape, ceilings, torch_seconds=None, rotate=True) -> dict:
     """rotate=False for the torch baseline: its dense fp32 weight (4x the bytes, dequantized once) already
     exceeds the caches, and a copy per rotation would dequantize (and hold) every one of them."""
     M, K, N, G = shape
-    x, qweight, qzeros, scales = case(M, K, N, G)
-    packed = qweight.numel() * 4 + qzeros.numel() * 4 + scales.numel() * 2
-    copies = max(1, -(-COLD_BYTES // packed)) if rotate else 1
-    sets = [(qweight, qzeros, scales)] + [(qweight.clone(), qzeros.clone(), scales.clone()) for _ in range(copies - 1)]
+    packed = K * N // 2 + K // G * N // 2 + K // G * N * 2  # qweight + qzeros (int4) + fp16 scales, in bytes
+    x, sets = timing_case(tuple(shape), max(1, -(-COLD_BYTES // packed)))
+    sets = sets if rotate else sets[:1]
+    qweight, qzeros, scales = sets[0]
     turn = itertools.count()
 
     def call():
         q, z, sc = sets[next(turn) % len(sets)]
         return run(x, q, z, sc, G)
     seconds = best_seconds(call)
-    moved = qweight.numel() * 4 + qzeros.numel() * 4 + scales.numel() * 2 + x.numel() * 4 + M * N * 4
+    moved = packed + x.numel() * 4 + M * N * 4
     row = {"ms": seconds * 1e3, "GBps": moved / seconds / 1e9, "GFLOPs": 2 * M * N * K / seconds / 1e9,
            "of_bandwidth": moved / ceilings["read_bandwidth_Bps"] / seconds, "bytes": moved}
     if torch_seconds:
